@@ -1,0 +1,428 @@
+"""Protobuf text format -> a positioned syntax tree that keeps comments.
+
+The tree knows only the shape of the text (names, scalars, blocks, lists) and where each piece
+stands. Meaning comes later, from the schema (compiler/schema.py). Keeping both steps apart lets
+the formatter (compiler/formatter.py) reprint the user's text with its comments, and lets every
+error point at the token the user has to fix.
+
+Every input, including binary garbage and pathological nesting, ends in either a tree or one
+CompileError: brackets are matched on the token stream before parsing, with a depth limit, so
+the tree walkers below never recurse deeper than MAX_DEPTH.
+"""
+
+import bisect
+import os
+import threading
+from dataclasses import dataclass, field as dataclass_field
+
+import lark
+
+from .errors import CompileError
+
+# Protobuf's own text parser stops at 100 nested messages; Caffe's schema needs about 5.
+MAX_DEPTH = 100
+
+_GRAMMAR_PATH = os.path.join(os.path.dirname(__file__), "prototxt.lark")
+_parser_lock = threading.Lock()
+_parser = None
+
+_OPENERS = {"LBRACE": "RBRACE", "LANGLE": "RANGLE", "LSQB": "RSQB"}
+_CLOSERS = {closer: opener for opener, closer in _OPENERS.items()}
+_BRACKET_TEXT = {"LBRACE": "{", "RBRACE": "}", "LANGLE": "<", "RANGLE": ">", "LSQB": "[",
+                 "RSQB": "]"}
+
+
+@dataclass
+class Scalar:
+    """One value as written: kind is "string", "number" or "identifier"."""
+    kind: str
+    text: str            # number / identifier: as written, with a leading '-' if any
+    line: int
+    col: int
+    pieces: tuple = ()   # string: the decoded bytes of each adjacent literal
+
+    @property
+    def bytes_value(self):
+        return b"".join(self.pieces)
+
+    def describe(self):
+        if self.kind == "string":
+            return "string " + render_string(self.bytes_value)
+        return f"{'number' if self.kind == 'number' else 'identifier'} {self.text}"
+
+
+@dataclass
+class Block:
+    """The inside of `{ ... }` (or the whole file): fields plus the comments that belong here."""
+    fields: list
+    open_line: int = 0
+    open_col: int = 0
+    close_line: int = 0
+    close_col: int = 0
+    open_comment: str = None     # comment on the line of `{`
+    footer: list = dataclass_field(default_factory=list)   # comments before `}` / end of file
+
+
+@dataclass
+class Field:
+    """`name: scalar`, `name { block }` or `name: [elements]`."""
+    name: str
+    line: int
+    col: int
+    kind: str                    # "scalar", "message" or "list"
+    value: object                # Scalar, Block, or list of Scalar / Block
+    end_line: int = 0
+    end_col: int = 0
+    leading: list = dataclass_field(default_factory=list)
+    trailing: str = None
+
+
+def _build_parser():
+    global _parser
+    with _parser_lock:
+        if _parser is None:
+            with open(_GRAMMAR_PATH, encoding="utf-8") as grammar:
+                _parser = lark.Lark(grammar.read(), parser="lalr", lexer="basic",
+                                    maybe_placeholders=False)
+    return _parser
+
+
+def decode_source(data, filename):
+    """Bytes of a file -> text, or a CompileError pointing at the first byte that is not text."""
+    nul = data.find(b"\x00")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        bad = error.start if nul < 0 else min(nul, error.start)
+        line, col = _line_col_of_offset(data, bad)
+        raise CompileError(f"not a text file: byte 0x{data[bad]:02x} is not UTF-8 text",
+                           filename, line, col,
+                           "net and solver definitions are protobuf text format (.prototxt); "
+                           "binary .caffemodel / .solverstate files are weights, not definitions")
+    if nul >= 0:
+        line, col = _line_col_of_offset(data, nul)
+        raise CompileError("not a text file: it contains a NUL byte", filename, line, col,
+                           "net and solver definitions are protobuf text format (.prototxt)")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    return text
+
+
+def _line_col_of_offset(data, offset):
+    line = data.count(b"\n", 0, offset) + 1
+    col = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    return line, col
+
+
+def parse_syntax(text, filename="<string>"):
+    """Text -> the root Block with every comment attached, or a located CompileError."""
+    parser = _build_parser()
+    tokens, comments = _lex(parser, text, filename)
+    _check_brackets(tokens, filename, text)
+    try:
+        tree = parser.parse(text)
+    except lark.exceptions.UnexpectedInput as error:
+        raise _syntax_error(error, tokens, filename) from None
+    root = Block(fields=[_to_field(child) for child in tree.children],
+                 close_line=text.count("\n") + 2)
+    _attach_comments(root, comments)
+    return root
+
+
+def _lex(parser, text, filename):
+    tokens, comments = [], []
+    try:
+        for token in parser.lex(text, dont_ignore=True):
+            if token.type == "COMMENT":
+                comments.append(token)
+            elif token.type != "WHITESPACE":
+                tokens.append(token)
+    except lark.exceptions.UnexpectedCharacters as error:
+        raise _character_error(error, text, filename) from None
+    return tokens, comments
+
+
+def _character_error(error, text, filename):
+    char = text[error.pos_in_stream]
+    if char in "\"'":
+        line_end = text.find("\n", error.pos_in_stream)
+        rest = text[error.pos_in_stream:line_end if line_end >= 0 else len(text)]
+        return CompileError(f"unterminated string: the {char} opened here is not closed on "
+                            "this line", filename, error.line, error.column,
+                            f"close it with {char}" + (
+                                " (a string cannot span lines; write adjacent "
+                                "\"...\" \"...\" literals instead)" if len(rest) > 1 else ""))
+    shown = repr(char) if char.isprintable() else f"U+{ord(char):04X}"
+    return CompileError(f"unexpected character {shown}", filename, error.line, error.column,
+                        "fields are written `name: value` or `name { ... }`; comments start "
+                        "with #")
+
+
+def _check_brackets(tokens, filename, text):
+    """Match {} <> [] before parsing, so errors name the opener and depth stays bounded."""
+    stack = []
+    for token in tokens:
+        if token.type in _OPENERS:
+            if len(stack) >= MAX_DEPTH:
+                raise CompileError(f"nesting deeper than {MAX_DEPTH} levels", filename,
+                                   token.line, token.column,
+                                   "no Caffe message nests this deep; look for a missing "
+                                   f"'{_BRACKET_TEXT[_OPENERS[stack[-1].type]]}'")
+            stack.append(token)
+        elif token.type in _CLOSERS:
+            closer = _BRACKET_TEXT[token.type]
+            if not stack:
+                raise CompileError(f"'{closer}' without a matching "
+                                   f"'{_BRACKET_TEXT[_CLOSERS[token.type]]}'", filename,
+                                   token.line, token.column, "remove it, or open the block "
+                                   "it was meant to close")
+            opener = stack.pop()
+            if _OPENERS[opener.type] != token.type:
+                raise CompileError(
+                    f"'{closer}' does not match the '{_BRACKET_TEXT[opener.type]}' opened at "
+                    f"line {opener.line}, column {opener.column}", filename, token.line,
+                    token.column, f"close it with '{_BRACKET_TEXT[_OPENERS[opener.type]]}'")
+    if stack:
+        opener = stack[-1]
+        last_line = text.count("\n") + 1
+        raise CompileError(
+            f"unterminated '{_BRACKET_TEXT[opener.type]}': opened at line {opener.line}, "
+            f"column {opener.column} and never closed", filename, opener.line, opener.column,
+            f"the file ends at line {last_line} with this block still open; add "
+            f"'{_BRACKET_TEXT[_OPENERS[opener.type]]}'")
+
+
+_TOKEN_WORDS = {
+    "NAME": "a field name", "NUMBER": "a number", "STRING": "a string", "MINUS": "'-'",
+    "COLON": "':'", "LBRACE": "'{'", "RBRACE": "'}'", "LANGLE": "'<'", "RANGLE": "'>'",
+    "LSQB": "'['", "RSQB": "']'", "COMMA": "','", "SEMICOLON": "';'", "_SEP": "',' or ';'",
+    "$END": "the end of the file",
+}
+
+
+def _syntax_error(error, tokens, filename):
+    token = getattr(error, "token", None)
+    if token is None or token.type == "$END":
+        # Brackets are balanced, so the file can only end right after a name or a colon.
+        last = tokens[-1]
+        if last.type == "NAME":
+            return CompileError(f"field '{last}' has no value", filename, last.line,
+                                last.column, f"write `{last}: value` or `{last} {{ ... }}`")
+        return CompileError("the file ends where a value was expected", filename, last.line,
+                            last.column, "give the field a value after ':'")
+    index = _token_index(tokens, token)
+    previous = tokens[index - 1] if index > 0 else None
+    found = _describe_token(token)
+    expected = set(getattr(error, "expected", ()) or ())
+    if previous is not None and previous.type == "NAME" and "COLON" in expected:
+        return CompileError(f"expected ':' or '{{' after field name '{previous}', found {found}",
+                            filename, token.line, token.column,
+                            f"write `{previous}: value` or `{previous} {{ ... }}`")
+    if previous is not None and previous.type in ("COLON", "MINUS"):
+        what = "a number or identifier after '-'" if previous.type == "MINUS" else "a value"
+        return CompileError(f"expected {what}, found {found}", filename, token.line,
+                            token.column, "values are numbers, \"strings\", enum names, "
+                            "true/false, or { ... } for messages")
+    if "NAME" in expected and token.type in ("NUMBER", "STRING", "MINUS"):
+        return CompileError(f"expected a field name, found {found}", filename, token.line,
+                            token.column, "each value needs its field name: `name: value`")
+    words = sorted({_TOKEN_WORDS.get(name, name) for name in expected})
+    return CompileError(f"unexpected {found}", filename, token.line, token.column,
+                        f"expected {', '.join(words)}" if words else None)
+
+
+def _describe_token(token):
+    if token.type == "STRING":
+        return f"string {token}"
+    if token.type in ("NUMBER", "NAME"):
+        return f"'{token}'"
+    return _TOKEN_WORDS.get(token.type, f"'{token}'")
+
+
+def _token_index(tokens, token):
+    keys = [(t.line, t.column) for t in tokens]
+    return bisect.bisect_left(keys, (token.line, token.column))
+
+
+# --- Lark tree -> Field / Block ---------------------------------------------------------------
+
+def _to_field(tree):
+    name_token = tree.children[0]
+    body = tree.children[1:]
+    if tree.data == "scalar_field":
+        value = _to_scalar(body[0])
+        last = body[0].children[-1]
+        return Field(str(name_token), name_token.line, name_token.column, "scalar", value,
+                     end_line=last.line, end_col=last.column)
+    if tree.data == "message_field":
+        block = _to_block(body[0])
+        return Field(str(name_token), name_token.line, name_token.column, "message", block,
+                     end_line=block.close_line, end_col=block.close_col)
+    opener, *body, closer = body
+    elements = [_to_block(e) if e.data == "message" else _to_scalar(e) for e in body]
+    return Field(str(name_token), name_token.line, name_token.column, "list", elements,
+                 end_line=closer.line, end_col=closer.column)
+
+
+def _to_block(tree):
+    opener, *fields, closer = tree.children
+    return Block(fields=[_to_field(f) for f in fields], open_line=opener.line,
+                 open_col=opener.column, close_line=closer.line, close_col=closer.column)
+
+
+def _to_scalar(tree):
+    first = tree.children[0]
+    if tree.data == "string":
+        pieces = tuple(unescape(str(tok)[1:-1], tok) for tok in tree.children)
+        return Scalar("string", str(first), first.line, first.column, pieces)
+    text = "".join(str(tok) for tok in tree.children)
+    return Scalar(tree.data, text, first.line, first.column)
+
+
+_SIMPLE_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 92,
+                   "'": 39, '"': 34, "?": 63}
+
+
+def unescape(body, token):
+    """C-style escapes of a protobuf text string -> bytes (protobuf's CUnescape)."""
+    out = bytearray()
+    i, n = 0, len(body)
+    while i < n:
+        char = body[i]
+        if char != "\\":
+            out += char.encode("utf-8")
+            i += 1
+            continue
+        kind = body[i + 1]
+        if kind in _SIMPLE_ESCAPES:
+            out.append(_SIMPLE_ESCAPES[kind])
+            i += 2
+        elif kind in "01234567":
+            j = i + 1
+            while j < n and j < i + 4 and body[j] in "01234567":
+                j += 1
+            out.append(int(body[i + 1:j], 8) & 0xFF)
+            i = j
+        elif kind in "xX":
+            j = i + 2
+            while j < n and j < i + 4 and body[j] in "0123456789abcdefABCDEF":
+                j += 1
+            if j == i + 2:
+                raise _escape_error(token, i, "\\x needs hex digits")
+            out.append(int(body[i + 2:j], 16))
+            i = j
+        elif kind in "uU":
+            width = 4 if kind == "u" else 8
+            digits = body[i + 2:i + 2 + width]
+            if len(digits) != width or any(c not in "0123456789abcdefABCDEF" for c in digits):
+                raise _escape_error(token, i, f"\\{kind} needs {width} hex digits")
+            out += chr(int(digits, 16)).encode("utf-8", "surrogatepass")
+            i += 2 + width
+        else:
+            raise _escape_error(token, i, f"unknown escape '\\{kind}'")
+    return bytes(out)
+
+
+def _escape_error(token, offset, message):
+    # +1 for the opening quote; strings never span lines, so the column arithmetic holds.
+    return CompileError(f"bad string escape: {message}", None, token.line,
+                        token.column + 1 + offset,
+                        "escapes are \\n \\t \\\\ \\\" \\' \\ooo \\xHH \\uHHHH")
+
+
+def render_string(data):
+    """Bytes -> a double-quoted text-format literal (UTF-8 kept readable)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return '"' + "".join(_escape_byte(b) for b in data) + '"'
+    out = []
+    for char in text:
+        if char == '"':
+            out.append('\\"')
+        elif char == "\\":
+            out.append("\\\\")
+        elif char == "\n":
+            out.append("\\n")
+        elif char == "\t":
+            out.append("\\t")
+        elif char == "\r":
+            out.append("\\r")
+        elif ord(char) < 32 or ord(char) == 127:
+            out.append(f"\\{ord(char):03o}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
+def _escape_byte(byte):
+    if byte in (34, 92):
+        return "\\" + chr(byte)
+    if 32 <= byte < 127:
+        return chr(byte)
+    return f"\\{byte:03o}"
+
+
+# --- comments --------------------------------------------------------------------------------
+
+def _attach_comments(root, comments):
+    """Give each comment to the field it annotates, so reformatting carries it along.
+
+    A comment on the same line after a value (or after `{` / `}`) trails that line; any other
+    comment leads the next field in the same block, or closes the block when none follows.
+    """
+    if not comments:
+        return
+    anchors = []   # (line, col, order, kind, target): kinds start / open / end
+    _collect_anchors(root, anchors)
+    anchors.sort(key=lambda a: (a[0], a[1], a[2]))
+    keys = [(a[0], a[1]) for a in anchors]
+    for comment in comments:
+        text = str(comment).rstrip()
+        position = (comment.line, comment.column)
+        index = bisect.bisect_left(keys, position)
+        before = anchors[index - 1] if index > 0 else None
+        if before is not None and before[0] == comment.line and before[3] in ("end", "open"):
+            target = before[4]
+            if before[3] == "open":
+                if target.open_comment is None:
+                    target.open_comment = text
+                    continue
+                target.footer.append(text)
+            elif target.trailing is None:
+                target.trailing = text
+                continue
+            else:
+                target.leading.append(text)   # a second trailing comment is kept, not lost
+            continue
+        after = anchors[index] if index < len(anchors) else None
+        if after is None:
+            root.footer.append(text)
+        elif after[3] == "start":
+            after[4].leading.append(text)
+        elif after[3] == "close":
+            after[4].footer.append(text)
+        else:   # the end of a list whose elements span lines
+            after[4].leading.append(text)
+
+
+def _collect_anchors(block, anchors):
+    order = len(anchors)
+    for item in block.fields:
+        anchors.append((item.line, item.col, order, "start", item))
+        order += 1
+        if item.kind == "message":
+            inner = item.value
+            anchors.append((inner.open_line, inner.open_col, order, "open", inner))
+            _collect_anchors(inner, anchors)
+            order = len(anchors)
+            anchors.append((inner.close_line, inner.close_col, order, "close", inner))
+            anchors.append((inner.close_line, inner.close_col + 1, order + 1, "end", item))
+        elif item.kind == "list":
+            for element in item.value:
+                if isinstance(element, Block):
+                    _collect_anchors(element, anchors)
+            anchors.append((item.end_line, item.end_col, len(anchors), "end", item))
+        else:
+            anchors.append((item.end_line, item.end_col, order, "end", item))
+        order = len(anchors)

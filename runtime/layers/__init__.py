@@ -1,0 +1,1 @@
+"""One registered unit per Caffe layer type (see registry.py)."""

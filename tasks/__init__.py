@@ -1,0 +1,1 @@
+"""The LRCN applications built on compiler/ and runtime/: captioning and activity recognition."""
