@@ -1,0 +1,76 @@
+"""Shape inference: one registered rule per layer type.
+
+A rule sees the layer's LayerParameter, its bottom shapes and a ShapeContext, and returns the
+top shapes, the shapes of its learnable blobs (Caffe order and layout) and its forward FLOPs.
+It is the only place a layer's shape arithmetic is written: the runtime reads
+CompiledLayer.top_shapes / param_shapes instead of restating it.
+
+Rules raise CompileError without a location; compiler.graph adds the layer's file:line:col.
+"""
+
+import math
+from dataclasses import dataclass, field as dataclass_field
+
+from .errors import CompileError
+
+_RULES = {}
+
+
+@dataclass
+class LayerShapes:
+    top_shapes: list                 # one tuple of ints per top (None: not known statically)
+    param_shapes: list = dataclass_field(default_factory=list)   # Caffe blob order
+    flops: int = 0                   # forward floating-point operations (a multiply-add is 2)
+
+
+@dataclass
+class ShapeContext:
+    phase: str = "TRAIN"             # "TRAIN" or "TEST"
+    net_file: str = None             # the file naming the layer: relative paths resolve from it
+    input_shapes: dict = dataclass_field(default_factory=dict)   # blob -> shape overrides
+    location: tuple = (None, None, None)                          # (file, line, col) of the layer
+
+
+def shape_rule(*type_names):
+    """Decorator registering `rule(layer, bottom_shapes, context) -> LayerShapes`."""
+    def decorate(function):
+        for name in type_names:
+            _RULES[name] = function
+        return function
+    return decorate
+
+
+def supported_types():
+    _load_rule_modules()
+    return set(_RULES)
+
+
+def infer_layer(layer, bottom_shapes, context):
+    """Apply the layer type's rule. Tops named in context.input_shapes take the given shape."""
+    _load_rule_modules()
+    rule = _RULES.get(layer.type)
+    if rule is None:
+        raise CompileError(f"no shape rule for layer type '{layer.type}'")
+    result = rule(layer, [tuple(s) for s in bottom_shapes], context)
+    overrides = context.input_shapes or {}
+    result.top_shapes = [tuple(overrides[top]) if top in overrides else
+                         (tuple(shape) if shape is not None else None)
+                         for top, shape in zip(layer.top, result.top_shapes)]
+    result.param_shapes = [tuple(s) for s in result.param_shapes]
+    return result
+
+
+def count(shape):
+    return math.prod(shape) if shape else 1
+
+
+_loaded = False
+
+
+def _load_rule_modules():
+    # Rules for data layers live in compiler/data_shapes.py (they read the data files); both
+    # modules register into the same table.
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        from . import data_shapes, layer_shapes  # noqa: F401  (imported to register rules)

@@ -1,0 +1,45 @@
+"""The base class every layer unit derives from."""
+
+import torch
+from torch import nn
+
+from runtime.fillers import fill_
+
+
+class CaffeLayer(nn.Module):
+    """One Caffe layer as a torch module.
+
+    Built from a compiler.CompiledLayer (`layer`): its `param` (the LayerParameter),
+    `bottom_shapes`, `top_shapes`, `param_shapes` (Caffe blob order and layout) and `phase`.
+    Learnable blobs live in `self.blobs` in Caffe order and layout; forward reads them as
+    `self.blobs[i]` every call, so the Net can swap in a shared owner's tensor.
+    `forward(*bottoms)` returns a tuple with one tensor per top.
+    """
+
+    # Indices of bottoms that never receive a gradient (labels, cont markers, indices).
+    no_grad_bottoms = ()
+
+    def __init__(self, layer, rng=None):
+        super().__init__()
+        self.layer = layer
+        self.phase = layer.phase
+        self.blobs = nn.ParameterList()
+        self.rng = rng if rng is not None else torch.Generator().manual_seed(0)
+
+    @property
+    def param(self):
+        return self.layer.param
+
+    def add_blob(self, shape, filler=None, dtype=torch.float32):
+        """Append a learnable blob of `shape`, filled as Caffe would (zeros without a filler)."""
+        tensor = torch.zeros(tuple(shape), dtype=dtype)
+        if filler is not None:
+            fill_(tensor, filler, self.rng)
+        self.blobs.append(nn.Parameter(tensor))
+        return self.blobs[-1]
+
+    def reset_state(self):
+        """Forget state carried between forward calls (recurrent layers override this)."""
+
+    def extra_repr(self):
+        return f"name={self.layer.name!r}, type={self.layer.type!r}"
