@@ -7,6 +7,7 @@ descriptors in lrcn_proto: this module restates no field, type or default.
 """
 
 import math
+import re
 from dataclasses import dataclass, field as dataclass_field
 
 from google.protobuf import descriptor as _descriptor
@@ -38,6 +39,9 @@ _TYPE_WORDS = {
     FD.TYPE_FLOAT: "a number (float)", FD.TYPE_DOUBLE: "a number (double)",
     FD.TYPE_BOOL: "true or false", FD.TYPE_STRING: "a string", FD.TYPE_BYTES: "a string (bytes)",
 }
+# protobuf's text parser: inf, infinity and nan in any case, with an optional f suffix.
+_INFINITY = re.compile(r"-?inf(inity)?f?$", re.IGNORECASE)
+_NAN = re.compile(r"-?nanf?$", re.IGNORECASE)
 _TRUE = {"true", "True", "t", "1"}
 _FALSE = {"false", "False", "f", "0"}
 
@@ -240,10 +244,9 @@ def _convert_int(field, value, filename):
 def _convert_float(field, value, filename):
     text = value.text
     if value.kind == "identifier":
-        word = text.lstrip("-").lower().rstrip("f")
-        if word in ("inf", "infinity"):
+        if _INFINITY.match(text):
             return -math.inf if text.startswith("-") else math.inf
-        if word == "nan":
+        if _NAN.match(text):
             return math.nan
         raise _type_error(field, value, filename, "numbers are written 0.5, 1e-4, inf or nan")
     if value.kind != "number" or text.lstrip("-")[:2] in ("0x", "0X"):

@@ -118,6 +118,7 @@ def parse_syntax(text, filename="<string>"):
     """Text -> the root Block with every comment attached, or a located CompileError."""
     parser = _build_parser()
     tokens, comments = _lex(parser, text, filename)
+    _check_glued_values(tokens, filename)
     _check_brackets(tokens, filename, text)
     try:
         tree = parser.parse(text)
@@ -156,6 +157,16 @@ def _character_error(error, text, filename):
     return CompileError(f"unexpected character {shown}", filename, error.line, error.column,
                         "fields are written `name: value` or `name { ... }`; comments start "
                         "with #")
+
+
+def _check_glued_values(tokens, filename):
+    """`1.5.3` or `12abc` lex as two values with nothing between them: one malformed value."""
+    for previous, token in zip(tokens, tokens[1:]):
+        if (previous.type == "NUMBER" and token.type in ("NUMBER", "NAME")
+                and previous.end_line == token.line and previous.end_column == token.column):
+            raise CompileError(f"malformed value '{previous}{token}'", filename, previous.line,
+                               previous.column, "numbers are written like 3, -2, 0x1F, 0.5, "
+                               "1e-4, 2.; names start with a letter")
 
 
 def _check_brackets(tokens, filename, text):
@@ -203,16 +214,21 @@ _TOKEN_WORDS = {
 def _syntax_error(error, tokens, filename):
     token = getattr(error, "token", None)
     if token is None or token.type == "$END":
-        # Brackets are balanced, so the file can only end right after a name or a colon.
+        # Brackets are balanced, so the file can only end after a name, a colon or a '-'.
         last = tokens[-1]
-        if last.type == "NAME":
-            return CompileError(f"field '{last}' has no value", filename, last.line,
-                                last.column, f"write `{last}: value` or `{last} {{ ... }}`")
+        name = next((t for t in reversed(tokens) if t.type == "NAME" and t is not last), None)
+        if last.type == "NAME" or name is not None:
+            field = last if last.type == "NAME" else name
+            return CompileError(f"field '{field}' has no value", filename, field.line,
+                                field.column, f"write `{field}: value` or `{field} {{ ... }}`")
         return CompileError("the file ends where a value was expected", filename, last.line,
                             last.column, "give the field a value after ':'")
     index = _token_index(tokens, token)
     previous = tokens[index - 1] if index > 0 else None
     found = _describe_token(token)
+    if token.type == "_SEP" and previous is not None and previous.type == "_SEP":
+        return CompileError(f"extra separator '{token}'", filename, token.line, token.column,
+                            "a field may be followed by one ',' or ';'")
     expected = set(getattr(error, "expected", ()) or ())
     if previous is not None and previous.type == "NAME" and "COLON" in expected:
         return CompileError(f"expected ':' or '{{' after field name '{previous}', found {found}",
