@@ -1,0 +1,465 @@
+"""runtime.Net: a compiled Caffe net as a torch.nn.Module with pycaffe's surface.
+
+Two ways to drive it:
+- torch-native: `outputs = net(data=tensor, ...)` returns a dict of tensors (the net's outputs
+  and "loss", the sum of loss_weight x top over loss tops) ready for `outputs["loss"].backward()`;
+- pycaffe-style: `net.blobs["data"].data[...] = array; net.forward(); net.backward()`, with
+  `net.blobs[name].data / .diff` and `net.params[layer][i].data / .diff` as numpy arrays.
+
+Layers run in file order over a dict of blobs keyed by the compiler's versioned blob ids; a blob
+version is dropped as soon as its last reader has run (unless it is an output or pycaffe-style
+access needs it), so in-place chains keep no copies they do not need. Learnable blobs shared by
+`param { name }` are one nn.Parameter.
+"""
+
+import collections
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+import compiler
+from compiler.errors import CompileError
+from runtime import weights as weight_files
+from runtime.layers.registry import unit_for
+
+
+@dataclass
+class LearnableParam:
+    """One learnable tensor as the solver sees it (a shared blob appears once)."""
+    name: str            # "<layer>/<index>" of its owner, or the shared param name
+    tensor: nn.Parameter
+    lr_mult: float
+    decay_mult: float
+
+
+class Blob:
+    """pycaffe's blob view: `.data` and `.diff` as numpy arrays, `.shape`, `.reshape`."""
+
+    def __init__(self, net, name):
+        self._net, self.name = net, name
+
+    @property
+    def data(self):
+        return self._net._blob_data(self.name)
+
+    @data.setter
+    def data(self, value):
+        self._net._set_input(self.name, value)
+
+    @property
+    def diff(self):
+        return self._net._blob_diff(self.name)
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def count(self):
+        return int(np.prod(self.shape))
+
+    @property
+    def num(self):
+        return self.shape[0]
+
+    @property
+    def channels(self):
+        return self.shape[1]
+
+    @property
+    def height(self):
+        return self.shape[2]
+
+    @property
+    def width(self):
+        return self.shape[3]
+
+    def reshape(self, *shape):
+        self._net._reshape_input(self.name, shape)
+
+
+class ParamBlob:
+    """pycaffe's parameter view. On CPU `.data` shares memory with the parameter, so
+    `net.params["fc8"][0].data[...] = w` changes the weights, as in pycaffe."""
+
+    def __init__(self, parameter):
+        self._parameter = parameter
+
+    @property
+    def data(self):
+        if self._parameter.device.type == "cpu":
+            return self._parameter.data.numpy()
+        return self._parameter.detach().cpu().numpy()
+
+    @data.setter
+    def data(self, value):
+        with torch.no_grad():
+            self._parameter.copy_(torch.as_tensor(np.asarray(value)).reshape(
+                self._parameter.shape))
+
+    @property
+    def diff(self):
+        grad = self._parameter.grad
+        if grad is None:
+            return np.zeros(tuple(self._parameter.shape), dtype=np.float32)
+        return grad.detach().cpu().numpy()
+
+    @property
+    def shape(self):
+        return tuple(self._parameter.shape)
+
+    @property
+    def count(self):
+        return self._parameter.numel()
+
+
+class Net(nn.Module):
+    """A Caffe net compiled for one phase / stage set / level.
+
+    net: a .prototxt path, a NetParameter, a compiler.Document or a compiler.CompiledNet.
+    weights: an optional .caffemodel (or torch state_dict .pt) to load by layer name.
+    input_shapes: shapes for data-layer tops that cannot be known statically.
+    seed: seeds the fillers and every random choice of the layers (Caffe's random_seed).
+    """
+
+    def __init__(self, net, weights=None, phase="TEST", stages=(), level=0, input_shapes=None,
+                 seed=None):
+        super().__init__()
+        phase = phase.upper() if isinstance(phase, str) else ("TRAIN", "TEST")[int(phase)]
+        self.rng = torch.Generator()
+        self.rng.manual_seed(1701 if seed is None else int(seed))
+        self.compiled = self._compile(net, phase, stages, level, dict(input_shapes or {}))
+        self.phase = phase
+        self.units = nn.ModuleList(self._build_unit(layer) for layer in self.compiled.layers)
+        self.layer_names = [layer.name for layer in self.compiled.layers]
+        self._unit_by_name = dict(zip(self.layer_names, self.units))
+        self._share_parameters()
+        self._input_buffers = {}
+        self._values = {}
+        self._last_loss = None
+        self._device = torch.device("cpu")
+        self._plan_releases()
+        if weights:
+            for path in str(weights).split(","):
+                self.copy_from(path)
+
+    # --- building ------------------------------------------------------------------------
+
+    def _compile(self, net, phase, stages, level, input_shapes):
+        if isinstance(net, compiler.CompiledNet):
+            compiled = net
+        else:
+            if isinstance(net, (str, os.PathLike)):
+                net = compiler.load_file(net, "net")
+            compiled = compiler.compile_net(net, phase, stages, level, input_shapes)
+            unknown = self._data_layers_with_unknown_tops(compiled)
+            if unknown:
+                # Data layers whose shapes only their source knows (Python layers, files the
+                # compiler does not open) report them once built; then compile again.
+                self._prebuilt = {}
+                for layer in unknown:
+                    unit = self._instantiate(layer)
+                    self._prebuilt[layer.name] = unit
+                    input_shapes.update(zip(layer.tops, unit.top_shapes()))
+                compiled = compiler.compile_net(net, phase, stages, level, input_shapes)
+        self._check_shapes_known(compiled)
+        return compiled
+
+    @staticmethod
+    def _data_layers_with_unknown_tops(compiled):
+        return [layer for layer in compiled.layers
+                if not layer.bottoms and layer.tops and layer.type != "Input"
+                and any(shape is None for shape in layer.top_shapes)]
+
+    @staticmethod
+    def _check_shapes_known(compiled):
+        for layer in compiled.layers:
+            if any(shape is None for shape in layer.top_shapes):
+                file, line, col = layer.location
+                raise CompileError(
+                    f"layer '{layer.name}' ({layer.type}): the shapes of its tops are not known",
+                    file, line, col, "pass input_shapes={blob: shape} for the data-layer tops "
+                    "this layer depends on")
+
+    def _instantiate(self, layer):
+        unit_class = unit_for(layer.type)
+        if unit_class is None:
+            file, line, col = layer.location
+            raise CompileError(f"layer '{layer.name}': type '{layer.type}' is not supported by "
+                               "the runtime", file, line, col)
+        return unit_class(layer, self.rng)
+
+    def _build_unit(self, layer):
+        prebuilt = getattr(self, "_prebuilt", {}).pop(layer.name, None)
+        if prebuilt is not None:
+            prebuilt.layer = layer
+            return prebuilt
+        return self._instantiate(layer)
+
+    def _share_parameters(self):
+        """Make every sharer of a `param { name }` use its owner's tensor (Caffe's AppendParam)."""
+        self._owners = {}
+        for key, members in self.compiled.share_groups.items():
+            owner_layer, owner_index = members[0]
+            owner = self._unit_by_name[owner_layer].blobs[owner_index]
+            self._owners[key] = (owner_layer, owner_index)
+            for layer_name, index in members[1:]:
+                self._unit_by_name[layer_name].blobs[index] = owner
+
+    def _plan_releases(self):
+        """For each step, the blob versions no later layer reads: freed to save memory."""
+        last_reader = {}
+        for step, layer in enumerate(self.compiled.layers):
+            for bottom in layer.bottoms:
+                last_reader[bottom] = step
+        keep = set(self.compiled.outputs) | set(self.compiled.latest.values())
+        self._releases = collections.defaultdict(list)
+        for blob, step in last_reader.items():
+            if blob not in keep:
+                self._releases[step].append(blob)
+
+    # --- running ---------------------------------------------------------------------------
+
+    def to(self, *args, **kwargs):
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        if device is not None:
+            self._device = torch.device(device)
+        return super().to(*args, **kwargs)
+
+    @property
+    def device(self):
+        return self._device
+
+    def __call__(self, **tensors):
+        return self.run(tensors)
+
+    def forward(self, blobs=None, **inputs):
+        """pycaffe's Net.forward: feed inputs (arrays or tensors), run, return the outputs as
+        numpy arrays. `blobs` names extra blobs to return."""
+        for name, value in inputs.items():
+            self._set_input(name, value)
+        feed = {name: self._input_tensor(name) for name in self.inputs}
+        self.run(feed, keep_all=True, retain_grads=True)
+        names = list(self.outputs) + [b for b in (blobs or []) if b not in self.outputs]
+        return {name: self._blob_data(name) for name in names}
+
+    def run(self, tensors=None, keep_all=False, retain_grads=False):
+        """Run every layer once. Returns {output: tensor} plus "loss" (0 when no loss top)."""
+        tensors = dict(tensors or {})
+        missing = [name for name in self.inputs if name not in tensors
+                   and name not in self._input_buffers]
+        if missing:
+            raise CompileError(f"no value fed for input blob(s) {', '.join(missing)}",
+                               hint=f"call net({missing[0]}=tensor, ...) or set "
+                                    f"net.blobs['{missing[0]}'].data first")
+        values = {}
+        loss = None
+        for step, (layer, unit) in enumerate(zip(self.compiled.layers, self.units)):
+            if layer.type == "Input":
+                tops = tuple(self._as_device_tensor(tensors[top] if top in tensors else
+                                                    self._input_tensor(top))
+                             for top in layer.tops)
+            else:
+                bottoms = [values[b] for b in layer.bottoms]
+                bottoms = self._cut_gradients(layer, unit, bottoms)
+                tops = unit(*bottoms)
+                if not layer.bottoms:   # data layers produce CPU tensors
+                    tops = tuple(self._as_device_tensor(t) for t in tops)
+            for top, value, weight in zip(layer.tops, tops, layer.loss_weights):
+                if retain_grads and value.requires_grad:
+                    value.retain_grad()
+                values[top] = value
+                if weight:
+                    term = weight * value.sum()
+                    loss = term if loss is None else loss + term
+            if not keep_all:
+                for blob in self._releases.get(step, ()):
+                    values.pop(blob, None)
+        self._values = values
+        self._last_loss = loss
+        outputs = {name: values[self.compiled.latest.get(name, name)] for name in self.outputs}
+        outputs["loss"] = loss if loss is not None else torch.zeros((), device=self._device)
+        return outputs
+
+    @staticmethod
+    def _cut_gradients(layer, unit, bottoms):
+        """Bottoms Caffe gives no gradient: the unit's label/index inputs, propagate_down false."""
+        propagate = list(layer.param.propagate_down)
+        cut = set(unit.no_grad_bottoms) | {i for i, p in enumerate(propagate) if not p}
+        if not cut:
+            return bottoms
+        return [b.detach() if i in cut else b for i, b in enumerate(bottoms)]
+
+    def backward(self):
+        """pycaffe's Net.backward: gradients of the last forward's loss; returns input diffs."""
+        if self._last_loss is None:
+            raise CompileError("backward() needs a forward pass of a net with a loss first")
+        if self._last_loss.requires_grad:
+            self._last_loss.backward()
+        return {name: self._blob_diff(name) for name in self.inputs}
+
+    def forward_backward(self, tensors=None):
+        """One training pass for the solver: run, backpropagate the loss, return the outputs."""
+        outputs = self.run(tensors)
+        if outputs["loss"].requires_grad:
+            outputs["loss"].backward()
+        return outputs
+
+    def reset_state(self):
+        """Forget the state recurrent layers carry between forward calls."""
+        for unit in self.units:
+            unit.reset_state()
+
+    # --- pycaffe surface --------------------------------------------------------------------
+
+    @property
+    def inputs(self):
+        return list(self.compiled.inputs)
+
+    @property
+    def outputs(self):
+        return list(self.compiled.outputs)
+
+    @property
+    def blobs(self):
+        names = []
+        for layer in self.compiled.layers:
+            for top in layer.top_names:
+                if top not in names:
+                    names.append(top)
+        return collections.OrderedDict((name, Blob(self, name)) for name in names)
+
+    @property
+    def params(self):
+        return collections.OrderedDict(
+            (name, [ParamBlob(p) for p in unit.blobs])
+            for name, unit in zip(self.layer_names, self.units) if len(unit.blobs))
+
+    @property
+    def layers(self):
+        return list(self.units)
+
+    def layer(self, name):
+        return self._unit_by_name[name]
+
+    def learnable_params(self):
+        """Each learnable tensor once, with its owner's lr_mult / decay_mult (Caffe's
+        learnable_params_)."""
+        found, seen = [], set()
+        for layer, unit in zip(self.compiled.layers, self.units):
+            for index, (tensor, spec) in enumerate(zip(unit.blobs, layer.param_specs)):
+                if id(tensor) in seen:
+                    continue
+                seen.add(id(tensor))
+                name = spec.name or f"{layer.name}/{index}"
+                found.append(LearnableParam(name, tensor, spec.lr_mult, spec.decay_mult))
+        return found
+
+    def _latest_values(self):
+        return {name: self._values[version] for name, version in self.compiled.latest.items()
+                if version in self._values}
+
+    def _blob_data(self, name):
+        if name in self.inputs and name in self._input_buffers:
+            return self._input_buffers[name]
+        value = self._latest_values().get(name)
+        if value is None:
+            shape = self.compiled.blobs.get(self.compiled.latest.get(name, name))
+            if shape is None:
+                raise KeyError(name)
+            return np.zeros(shape, dtype=np.float32)
+        return value.detach().cpu().numpy()
+
+    def _blob_diff(self, name):
+        value = self._latest_values().get(name)
+        if value is None or value.grad is None:
+            shape = self.compiled.blobs.get(self.compiled.latest.get(name, name))
+            return np.zeros(shape or (), dtype=np.float32)
+        return value.grad.detach().cpu().numpy()
+
+    def _input_tensor(self, name):
+        if name not in self._input_buffers:
+            shape = self.compiled.blobs[self.compiled.latest.get(name, name)]
+            self._input_buffers[name] = np.zeros(shape, dtype=np.float32)
+        return torch.from_numpy(self._input_buffers[name])
+
+    def _set_input(self, name, value):
+        if name not in self.inputs:
+            raise KeyError(f"'{name}' is not an input blob of this net (inputs: "
+                           f"{', '.join(self.inputs) or 'none'})")
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        self._input_buffers[name] = np.array(value, dtype=np.float32, copy=True)
+
+    def _reshape_input(self, name, shape):
+        self._set_input(name, np.zeros(tuple(int(d) for d in shape), dtype=np.float32))
+
+    def _as_device_tensor(self, value):
+        if not isinstance(value, torch.Tensor):
+            value = torch.as_tensor(np.asarray(value, dtype=np.float32))
+        return value.to(self._device, non_blocking=True)
+
+    # --- weights ----------------------------------------------------------------------------
+
+    def copy_from(self, path):
+        """Load weights by layer name: a .caffemodel (Caffe's rules) or a torch state_dict."""
+        path = str(path)
+        if path.endswith((".pt", ".pth")):
+            self.load_state_dict(torch.load(path, map_location=self._device, weights_only=True))
+            return
+        source = weight_files.read_net_file(path)
+        for layer_name, blobs in weight_files.layers_with_blobs(source):
+            unit = self._unit_by_name.get(layer_name)
+            if unit is None:
+                continue
+            if len(blobs) != len(unit.blobs):
+                raise CompileError(f"layer '{layer_name}': the weights file has {len(blobs)} "
+                                   f"blobs, the net's layer has {len(unit.blobs)}", path)
+            for index, (blob, target) in enumerate(zip(blobs, unit.blobs)):
+                if not weight_files.shapes_match(blob, target.shape):
+                    raise CompileError(
+                        f"layer '{layer_name}' blob {index}: shape mismatch: the weights file "
+                        f"has {list(weight_files.blob_shape(blob))}, the net needs "
+                        f"{list(target.shape)}", path)
+                array = weight_files.blob_to_array(blob, f"{path}: layer '{layer_name}'")
+                with torch.no_grad():
+                    target.copy_(torch.from_numpy(array.reshape(tuple(target.shape))))
+
+    def share_weights_from(self, other):
+        """Use another net's tensors for every layer of the same name (Caffe's test nets share
+        the train net's weights this way)."""
+        for name, unit in zip(self.layer_names, self.units):
+            source = other._unit_by_name.get(name)
+            if source is None or not len(unit.blobs):
+                continue
+            if [tuple(b.shape) for b in source.blobs] != [tuple(b.shape) for b in unit.blobs]:
+                raise CompileError(f"layer '{name}': cannot share weights with the train net's "
+                                   "layer of the same name: the blob shapes differ")
+            for index in range(len(unit.blobs)):
+                unit.blobs[index] = source.blobs[index]
+
+    def to_proto(self):
+        """The compiled layers with their blobs, as the NetParameter a .caffemodel holds."""
+        from lrcn_proto import caffe_pb2
+        net = caffe_pb2.NetParameter(name=self.compiled.name)
+        for layer, unit in zip(self.compiled.layers, self.units):
+            message = net.layer.add()
+            message.CopyFrom(layer.param)
+            message.ClearField("blobs")
+            for blob in unit.blobs:
+                message.blobs.append(weight_files.array_to_blob(blob.detach().cpu().numpy()))
+        return net
+
+    def save(self, path):
+        """Write weights atomically: .caffemodel (Caffe binary) or .pt/.pth (torch state_dict)."""
+        path = str(path)
+        if path.endswith((".pt", ".pth")):
+            import io
+            buffer = io.BytesIO()
+            torch.save(self.state_dict(), buffer)
+            weight_files.write_bytes_atomically(path, buffer.getvalue())
+            return
+        weight_files.write_bytes_atomically(path, self.to_proto().SerializeToString())

@@ -1,0 +1,401 @@
+"""runtime.Solver: Caffe's Solver / SGDSolver loop over runtime.Net, with Caffe's exact order.
+
+Per iteration (solver.cpp Step, sgd_solver.cpp ApplyUpdate): test when due; iter_size
+forward/backward passes accumulate gradients; the loss is smoothed over average_loss
+iterations; then ClipGradients -> Normalize (/ iter_size) -> Regularize (L1/L2 x decay_mult)
+-> ComputeUpdateValue (lr x lr_mult, the solver type's rule) -> w -= update; iter += 1;
+snapshot when due. Test nets share the train net's weights by layer name.
+
+Snapshots are Caffe's files (<prefix>_iter_<N>.caffemodel and .solverstate, readable by Caffe)
+plus a small sidecar (<prefix>_iter_<N>.solverstate.lrcn) holding what Caffe's format has no
+room for: the random generators, data-layer positions and the loss-smoothing window. With it a
+resumed CPU run continues bit-identically; without it, resuming works as in Caffe.
+"""
+
+import io
+import math
+import os
+import time
+
+import torch
+
+import compiler
+from compiler.errors import CompileError
+from lrcn_proto import caffe_pb2
+from runtime import weights as weight_files
+from runtime.net import Net
+from runtime.updates import LR_POLICIES, UPDATE_RULES, clip_gradients, learning_rate, regularize
+
+
+class Solver:
+    """pycaffe-like solver: `solver.step(n)`, `solver.solve()`, `solver.net`, `solver.test_nets`,
+    `solver.iter`.
+
+    solver: a solver .prototxt path, a SolverParameter, or a compiler.Document of one.
+    stages: extra stages added to every net's state (lrcn-train --stage).
+    device: torch device; default from solver_mode (GPU falls back to CPU with a warning).
+    log: a callable taking one line (Caffe's log format); default prints to stderr.
+    """
+
+    def __init__(self, solver, stages=(), device=None, log=None, input_shapes=None):
+        self.log = log or _default_log
+        self.document = _load_solver(solver)
+        self.param = compiler.upgrade(self.document.message)
+        self.solver_file = self.document.filename
+        self._check_parameters()
+        seed = self.param.random_seed if self.param.random_seed >= 0 else None
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.device = torch.device(device) if device is not None else self._device_from_mode()
+        self.net, self.test_nets = self._build_nets(stages, seed, input_shapes or {})
+        self.rule = UPDATE_RULES[self.param.type](self.param)
+        self.learnable = self.net.learnable_params()
+        self.history = [[torch.zeros_like(p.tensor.data) for _ in range(self.rule.histories)]
+                        for p in self.learnable]
+        self.iter = 0
+        self.current_step = 0
+        self._losses = []
+        self._smoothed_loss = 0.0
+        self.requested_action = None     # "snapshot" / "stop", set by signal handlers
+        self.stopped_early = False
+        self.callbacks = []               # callables(solver, outputs) after each iteration
+        self.last_outputs = {}
+        self.last_test_scores = {}
+        self._last_snapshot_iter = None
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def _check_parameters(self):
+        param = self.param
+        if param.type not in UPDATE_RULES:
+            raise self.document.error(f"unknown solver type '{param.type}'", ("type",),
+                                      "types: " + ", ".join(UPDATE_RULES))
+        if param.lr_policy not in LR_POLICIES:
+            raise self.document.error(f"unknown lr_policy '{param.lr_policy}'", ("lr_policy",),
+                                      "policies: " + ", ".join(LR_POLICIES))
+        if param.lr_policy == "step" and param.stepsize <= 0:
+            raise self.document.error("lr_policy \"step\" needs stepsize > 0", ("lr_policy",))
+        if param.regularization_type not in ("L1", "L2"):
+            raise self.document.error(f"unknown regularization_type "
+                                      f"'{param.regularization_type}'",
+                                      ("regularization_type",), "use \"L2\" or \"L1\"")
+        if param.iter_size < 1:
+            raise self.document.error("iter_size must be at least 1", ("iter_size",))
+        if param.average_loss < 1:
+            raise self.document.error("average_loss must be at least 1", ("average_loss",))
+
+    def _device_from_mode(self):
+        if self.param.solver_mode == caffe_pb2.SolverParameter.GPU:
+            if torch.cuda.is_available():
+                return torch.device("cuda", self.param.device_id)
+            self.log("solver_mode is GPU but no CUDA device is available: running on CPU")
+        return torch.device("cpu")
+
+    def _build_nets(self, stages, seed, input_shapes):
+        roles = compiler.solver_net_states(self.document)
+        train, tests = None, []
+        for role, source, state in roles:
+            net = Net(source, phase=("TRAIN", "TEST")[state.phase],
+                      stages=tuple(state.stage) + tuple(stages), level=state.level,
+                      input_shapes=input_shapes, seed=seed)
+            net.to(self.device)
+            if role == "train":
+                train = net
+            else:
+                tests.append(net)
+        for test in tests:
+            test.share_weights_from(train)
+        return train, tests
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def solve(self, resume_file=None):
+        """Train to max_iter (Caffe's Solver::Solve), optionally resuming a .solverstate."""
+        if resume_file:
+            self.restore(resume_file)
+        self.log("Solving " + (self.net.compiled.name or "net"))
+        self.log(f"Learning Rate Policy: {self.param.lr_policy}")
+        start_iter = self.iter
+        self.step(self.param.max_iter - self.iter)
+        if self.param.snapshot_after_train and self._last_snapshot_iter != self.iter:
+            self.snapshot()
+        if self.stopped_early:
+            self.log("Optimization stopped early.")
+            return
+        if self.param.display and self.iter % self.param.display == 0:
+            with torch.no_grad():
+                outputs = self.net.run()
+            self._update_smoothed_loss(float(outputs["loss"]), start_iter)
+            self.log(f"Iteration {self.iter}, loss = {_fmt(self._smoothed_loss)}")
+        if self.param.test_interval and self.iter % self.param.test_interval == 0:
+            self.test_all()
+        self.log("Optimization Done.")
+
+    def step(self, iterations):
+        """Run `iterations` training iterations (Caffe's Solver::Step)."""
+        param = self.param
+        start_iter = self.iter
+        stop_iter = self.iter + iterations
+        self._losses, self._smoothed_loss = [], 0.0
+        timer, iterations_last = time.perf_counter(), self.iter
+        while self.iter < stop_iter:
+            self._clear_diffs()
+            if (param.test_interval and self.iter % param.test_interval == 0
+                    and (self.iter > 0 or param.test_initialization)):
+                self.test_all()
+                if self.requested_action == "stop":
+                    self.stopped_early = True
+                    break
+            display = param.display and self.iter % param.display == 0
+            loss = 0.0
+            for _ in range(param.iter_size):
+                outputs = self.net.forward_backward()
+                loss += float(outputs["loss"])
+            loss /= param.iter_size
+            self.last_outputs = outputs
+            self._update_smoothed_loss(loss, start_iter)
+            if display:
+                lapse = time.perf_counter() - timer
+                per_s = (self.iter - iterations_last) / (lapse or 1)
+                self.log(f"Iteration {self.iter} ({per_s:.4g} iter/s, {lapse:.4g}s/"
+                         f"{param.display} iters), loss = {_fmt(self._smoothed_loss)}")
+                timer, iterations_last = time.perf_counter(), self.iter
+                self._log_outputs("Train", self.net, outputs)
+            self.apply_update(display)
+            self.iter += 1
+            for callback in self.callbacks:
+                callback(self, outputs)
+            action, self.requested_action = self.requested_action, None
+            if (param.snapshot and self.iter % param.snapshot == 0) or action == "snapshot" \
+                    or action == "stop":
+                self.snapshot()
+            if action == "stop":
+                self.stopped_early = True
+                break
+
+    def _clear_diffs(self):
+        for p in self.net.parameters():
+            p.grad = None
+
+    def _update_smoothed_loss(self, loss, start_iter):
+        average = self.param.average_loss
+        if len(self._losses) < average:
+            self._losses.append(loss)
+            size = len(self._losses)
+            self._smoothed_loss = (self._smoothed_loss * (size - 1) + loss) / size
+        else:
+            index = (self.iter - start_iter) % average
+            self._smoothed_loss += (loss - self._losses[index]) / average
+            self._losses[index] = loss
+
+    @property
+    def smoothed_loss(self):
+        return self._smoothed_loss
+
+    def apply_update(self, display=False):
+        """SGDSolver::ApplyUpdate: clip, normalize, regularize, compute update, apply."""
+        param = self.param
+        rate, self.current_step = learning_rate(param, self.iter, self.current_step)
+        if display:
+            self.log(f"Iteration {self.iter}, lr = {_fmt(rate)}")
+        with torch.no_grad():
+            diffs = [p.tensor.grad if p.tensor.grad is not None
+                     else torch.zeros_like(p.tensor) for p in self.learnable]
+            norm = clip_gradients(diffs, param.clip_gradients)
+            if norm is not None and norm > param.clip_gradients:
+                self.log(f"Gradient clipping: scaling down gradients (L2 norm {_fmt(norm)} > "
+                         f"{_fmt(param.clip_gradients)}) by scale factor "
+                         f"{_fmt(param.clip_gradients / norm)}")
+            for p, diff, history in zip(self.learnable, diffs, self.history):
+                if param.iter_size > 1:
+                    diff.mul_(1.0 / param.iter_size)
+                regularize(diff, p.tensor, param.weight_decay, p.decay_mult,
+                           param.regularization_type)
+                update = self.rule.update(diff, history, rate * p.lr_mult, self.iter)
+                p.tensor.sub_(update)
+
+    # --- testing ---------------------------------------------------------------------------
+
+    def test_all(self):
+        scores = {}
+        for index in range(len(self.test_nets)):
+            scores[index] = self.test(index)
+        self.last_test_scores = scores
+        return scores
+
+    def test(self, index):
+        """Caffe's Solver::Test: mean of every output over test_iter forward passes."""
+        net = self.test_nets[index]
+        iterations = self.param.test_iter[index]
+        self.log(f"Iteration {self.iter}, Testing net (#{index})")
+        sums, loss = None, 0.0
+        with torch.no_grad():
+            for _ in range(iterations):
+                outputs = net.run()
+                loss += float(outputs["loss"])
+                values = [(name, outputs[name].reshape(-1).double().cpu())
+                          for name in net.outputs]
+                if sums is None:
+                    sums = values
+                else:
+                    sums = [(name, total + value) for (name, total), (_, value)
+                            in zip(sums, values)]
+        if self.param.test_compute_loss:
+            self.log(f"Test loss: {_fmt(loss / iterations)}")
+        means = {name: (total / iterations) for name, total in (sums or [])}
+        self._log_scores("Test", net, means)
+        return {name: value.tolist() if value.numel() > 1 else float(value)
+                for name, value in means.items()}
+
+    def _log_outputs(self, which, net, outputs):
+        values = {name: outputs[name].detach().reshape(-1).double().cpu()
+                  for name in net.outputs}
+        self._log_scores(which, net, values)
+
+    def _log_scores(self, which, net, values):
+        weights = _output_loss_weights(net)
+        index = 0
+        for name, vector in values.items():
+            for value in vector.tolist():
+                weight = weights.get(name, 0.0)
+                suffix = f" (* {_fmt(weight)} = {_fmt(weight * value)} loss)" if weight else ""
+                self.log(f"    {which} net output #{index}: {name} = {_fmt(value)}{suffix}")
+                index += 1
+
+    # --- snapshots -------------------------------------------------------------------------
+
+    def snapshot_prefix(self):
+        prefix = self.param.snapshot_prefix
+        if not prefix:
+            # Caffe's default: the solver file name without its extension.
+            prefix = os.path.splitext(self.solver_file)[0]
+        return prefix
+
+    def snapshot(self):
+        """Write <prefix>_iter_<N>.caffemodel, .solverstate and the .lrcn sidecar atomically.
+        The weights go first, so a .solverstate never names weights that are not there."""
+        if self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+            raise CompileError("snapshot_format HDF5 is not supported; use BINARYPROTO",
+                               self.solver_file)
+        self._last_snapshot_iter = self.iter
+        base = f"{self.snapshot_prefix()}_iter_{self.iter}"
+        model_file, state_file = base + ".caffemodel", base + ".solverstate"
+        self.log(f"Snapshotting to binary proto file {model_file}")
+        net_proto = self.net.to_proto()
+        if self.param.snapshot_diff:
+            _add_diffs(net_proto, self.net)
+        weight_files.write_bytes_atomically(model_file, net_proto.SerializeToString())
+        state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_file,
+                                      current_step=self.current_step)
+        for index in range(self.rule.histories):
+            for history in self.history:
+                state.history.append(weight_files.array_to_blob(history[index].cpu().numpy()))
+        self.log(f"Snapshotting solver state to binary proto file {state_file}")
+        weight_files.write_bytes_atomically(state_file, state.SerializeToString())
+        buffer = io.BytesIO()
+        torch.save(self._sidecar_state(), buffer)
+        weight_files.write_bytes_atomically(state_file + ".lrcn", buffer.getvalue())
+        return model_file, state_file
+
+    def restore(self, state_file):
+        """Resume from a .solverstate (Caffe's or ours); bit-identical with the .lrcn sidecar."""
+        state = caffe_pb2.SolverState()
+        try:
+            with open(state_file, "rb") as handle:
+                state.ParseFromString(handle.read())
+        except OSError as error:
+            raise CompileError(f"cannot read solver state: {error.strerror}", state_file) \
+                from None
+        except Exception:
+            raise CompileError("not a Caffe .solverstate file", state_file) from None
+        self.iter = state.iter
+        if state.learned_net:
+            learned = state.learned_net
+            if not os.path.exists(learned):
+                beside = os.path.join(os.path.dirname(os.path.abspath(state_file)),
+                                      os.path.basename(learned))
+                learned = beside if os.path.exists(beside) else learned
+            self.net.copy_from(learned)
+        self.current_step = state.current_step
+        expected = len(self.history) * self.rule.histories
+        if len(state.history) != expected:
+            raise CompileError(f"the solver state holds {len(state.history)} history blobs; "
+                               f"this solver ({self.param.type}) needs {expected}", state_file)
+        blobs = iter(state.history)
+        with torch.no_grad():
+            for index in range(self.rule.histories):
+                for history in self.history:
+                    array = weight_files.blob_to_array(next(blobs), state_file)
+                    history[index].copy_(torch.from_numpy(array).reshape(history[index].shape))
+        sidecar = state_file + ".lrcn"
+        if os.path.exists(sidecar):
+            self._load_sidecar_state(torch.load(sidecar, weights_only=False))
+        else:
+            self.log(f"{sidecar} not found: resuming like Caffe (random streams restart)")
+
+    def _sidecar_state(self):
+        return {"iter": self.iter,
+                "torch_rng": torch.get_rng_state(),
+                "nets": [net_random_state(net) for net in [self.net] + self.test_nets]}
+
+    def _load_sidecar_state(self, state):
+        if state.get("iter") != self.iter:
+            self.log("the .lrcn sidecar belongs to another iteration: ignoring it")
+            return
+        torch.set_rng_state(state["torch_rng"])
+        for net, net_state in zip([self.net] + self.test_nets, state["nets"]):
+            restore_net_random_state(net, net_state)
+
+
+def net_random_state(net):
+    """The net's random generator plus each layer's own resumable state (data positions)."""
+    layers = {}
+    for name, unit in zip(net.layer_names, net.units):
+        getter = getattr(unit, "resume_state", None)
+        if getter is not None:
+            layers[name] = getter()
+    return {"rng": net.rng.get_state(), "layers": layers}
+
+
+def restore_net_random_state(net, state):
+    net.rng.set_state(state["rng"])
+    for name, layer_state in state["layers"].items():
+        unit = net._unit_by_name.get(name)
+        if unit is not None and hasattr(unit, "restore_state"):
+            unit.restore_state(layer_state)
+
+
+def _add_diffs(net_proto, net):
+    for message, unit in zip(net_proto.layer, net.units):
+        for blob, parameter in zip(message.blobs, unit.blobs):
+            if parameter.grad is not None:
+                blob.diff.extend(parameter.grad.detach().cpu().reshape(-1).tolist())
+
+
+def _output_loss_weights(net):
+    weights = {}
+    for layer in net.compiled.layers:
+        for top, weight in zip(layer.top_names, layer.loss_weights):
+            if weight:
+                weights[top] = weight
+    return weights
+
+
+def _load_solver(solver):
+    if isinstance(solver, compiler.Document):
+        return solver
+    if isinstance(solver, caffe_pb2.SolverParameter):
+        return compiler.Document(solver, "solver", "<solver>")
+    return compiler.load_file(solver, "solver")
+
+
+def _fmt(value):
+    """Numbers as Caffe's glog prints floats (6 significant digits)."""
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return str(value)
+    return f"{value:.6g}"
+
+
+def _default_log(line):
+    import sys
+    print(line, file=sys.stderr, flush=True)
