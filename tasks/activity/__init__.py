@@ -7,6 +7,7 @@
 - `prepare`: `lrcn-activity-data`, videos -> frames/ + flow_images/ + list files.
 - `evaluate`: `lrcn-activity-eval`, per-video probabilities -> accuracy table, RGB/flow fusion.
 - `motion_dataset`: a small synthetic dataset whose classes differ only in motion.
+- `errors`: `ActivityError`, the user-facing error (`file:line: message`) of all of the above.
 
 Nothing here imports compiler/ or runtime/; the model and the data layer call into it.
 """

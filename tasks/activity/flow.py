@@ -70,8 +70,10 @@ def decode_flow(image: np.ndarray) -> np.ndarray:
 def mirror_flow_image(image: np.ndarray) -> np.ndarray:
     """Horizontally mirror a flow image: flip the columns and negate flow_x.
 
-    Negating flow_x in encoded space is v -> 2 * 128 - v = 256 - v (clipped to 255, which is
-    the encoding of the negated flow when the original was saturated at 0). The original
+    Negating flow_x in encoded space is v -> 2 * 128 - v = 256 - v, clipped to 255 (the
+    encoding of the negated flow when v was saturated at 0). This is the encoding of the
+    mirrored flow field except where v = 255: that saturated value stands for any flow_x from
+    7.91 up, whose negation encodes to 1 or 0, and 1 is returned. The original
     test script used 1 - v on [0, 1] images, i.e. 255 - v, a 1/16 pixel bias; the original
     data layer's own flip lives in its private caffe.io fork. y and the magnitude only move.
     """

@@ -1,0 +1,572 @@
+"""Vision and parameterised layers: Convolution, Deconvolution, Pooling, LRN, InnerProduct,
+Embed, BatchNorm, Scale, Bias, MVN, Crop.
+
+Each unit follows the BVLC Caffe layer of the same name (src/caffe/layers/*_layer.cpp) where
+it and the nearest PyTorch function disagree. Blob shapes come from the compiler
+(`layer.param_shapes`) and output sizes from `layer.top_shapes`; nothing here restates a shape
+rule. Everything is device-agnostic: blobs are made on the CPU and the Net moves them.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from lrcn_proto import caffe_pb2
+from runtime.layers.base import CaffeLayer
+from runtime.layers.registry import register
+
+# Caffe's -FLT_MAX: the value a MAX pooling window with no input element produces.
+_NEG_FLT_MAX = torch.finfo(torch.float32).min
+
+# base_conv_layer.cpp's kDefaultPad / kDefaultStride / kDefaultDilation: the repeated fields
+# of ConvolutionParameter cannot carry proto defaults, so Caffe states them in code.
+_CONV_DEFAULT_PAD = 0
+_CONV_DEFAULT_STRIDE = 1
+_CONV_DEFAULT_DILATION = 1
+
+
+def _canonical_axis(axis, num_axes):
+    """Blob::CanonicalAxisIndex: negative axes count from the end."""
+    if not -num_axes <= axis < num_axes:
+        raise ValueError(f"axis {axis} out of range for a {num_axes}-axis blob")
+    return axis + num_axes if axis < 0 else axis
+
+
+def _broadcast(blob, num_axes, axis):
+    """View `blob` (covering axes axis .. axis + blob.dim() - 1) so it broadcasts over a
+    `num_axes`-axis tensor, as Caffe's outer_dim x blob x inner_dim loops do."""
+    trailing = num_axes - axis - blob.dim()
+    return blob.reshape((1,) * axis + tuple(blob.shape) + (1,) * trailing)
+
+
+def _layer_error(layer, message):
+    return ValueError(f"layer {layer.name!r} ({layer.type}): {message}")
+
+
+# --------------------------------------------------------------------------- convolution
+
+
+def _conv_spatial(cp, name, hw_names, num_spatial, default):
+    """One value per spatial axis, as BaseConvolutionLayer::LayerSetUp reads kernel, stride,
+    pad and dilation: the 2-D-only `_h` / `_w` pair when either is set, else the repeated
+    field (empty: `default`; one value: every axis; else one per axis)."""
+    if hw_names and (cp.HasField(hw_names[0]) or cp.HasField(hw_names[1])):
+        if num_spatial != 2:
+            raise ValueError(f"{hw_names[0]} / {hw_names[1]} need exactly 2 spatial axes")
+        return (getattr(cp, hw_names[0]), getattr(cp, hw_names[1]))
+    values = list(getattr(cp, name))
+    if not values:
+        if default is None:
+            raise ValueError(f"{name} must be specified")
+        return (default,) * num_spatial
+    if len(values) == 1:
+        return (values[0],) * num_spatial
+    if len(values) != num_spatial:
+        raise ValueError(f"{name} must be given once or once per spatial axis "
+                         f"({num_spatial}), got {len(values)} values")
+    return tuple(values)
+
+
+class _ConvolutionBase(CaffeLayer):
+    """Shared set-up of Convolution and Deconvolution; `_functions` maps the number of
+    spatial axes to the torch op."""
+
+    _functions = {}
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        cp = layer.param.convolution_param
+        bottom_shape = layer.bottom_shapes[0]
+        self.axis = _canonical_axis(cp.axis, len(bottom_shape))
+        num_spatial = len(bottom_shape) - self.axis - 1
+        if num_spatial not in self._functions:
+            raise _layer_error(layer, f"{num_spatial} spatial axes are not supported "
+                                      f"(1, 2 or 3)")
+        try:
+            self.kernel = _conv_spatial(cp, "kernel_size", ("kernel_h", "kernel_w"),
+                                        num_spatial, None)
+            self.stride = _conv_spatial(cp, "stride", ("stride_h", "stride_w"),
+                                        num_spatial, _CONV_DEFAULT_STRIDE)
+            self.pad = _conv_spatial(cp, "pad", ("pad_h", "pad_w"), num_spatial,
+                                     _CONV_DEFAULT_PAD)
+            self.dilation = _conv_spatial(cp, "dilation", None, num_spatial,
+                                          _CONV_DEFAULT_DILATION)
+        except ValueError as error:
+            raise _layer_error(layer, str(error)) from None
+        self.group = cp.group
+        self.bias_term = cp.bias_term
+        self.add_blob(layer.param_shapes[0], cp.weight_filler)
+        if self.bias_term:
+            self.add_blob(layer.param_shapes[1], cp.bias_filler)
+        self._op = self._functions[num_spatial]
+
+    def forward(self, x):
+        # Axes before `axis` are all batch-like: fold them into one so torch sees (N, C, ...).
+        outer = x.shape[:self.axis]
+        x = x.reshape((-1,) + tuple(x.shape[self.axis:]))
+        bias = self.blobs[1] if self.bias_term else None
+        y = self._convolve(x, self.blobs[0], bias)
+        return (y.reshape(tuple(outer) + tuple(y.shape[1:])),)
+
+
+@register("Convolution")
+class Convolution(_ConvolutionBase):
+    """Weight (num_output, channels / group, k...), bias (num_output)."""
+
+    _functions = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+    def _convolve(self, x, weight, bias):
+        return self._op(x, weight, bias, stride=self.stride, padding=self.pad,
+                        dilation=self.dilation, groups=self.group)
+
+
+@register("Deconvolution")
+class Deconvolution(_ConvolutionBase):
+    """Weight (channels, num_output / group, k...) as Caffe stores it, which is also torch's
+    conv_transpose layout; output size stride * (in - 1) + dilation * (k - 1) + 1 - 2 pad."""
+
+    _functions = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+    def _convolve(self, x, weight, bias):
+        return self._op(x, weight, bias, stride=self.stride, padding=self.pad,
+                        groups=self.group, dilation=self.dilation)
+
+
+# --------------------------------------------------------------------------- pooling
+
+_PoolMethod = caffe_pb2.PoolingParameter.PoolMethod
+
+
+def _pool_pair(pp, name, h_name, w_name):
+    # PoolingLayer::LayerSetUp: the _h/_w pair wins when either is set.
+    if pp.HasField(h_name) or pp.HasField(w_name):
+        return (getattr(pp, h_name), getattr(pp, w_name))
+    value = getattr(pp, name)
+    return (value, value)
+
+
+def _ave_divisor(out_size, kernel, stride, pad, size):
+    """Caffe's AVE pool_size along one axis: window [start, min(start + k, size + pad)),
+    start = i * stride - pad. Padding counts; the ceil overhang past size + pad does not.
+    A window that starts past the end (Caffe divides 0 by <= 0 there) gets divisor 1, so its
+    output is 0 rather than Caffe's NaN / -0."""
+    starts = torch.arange(out_size, dtype=torch.float64) * stride - pad
+    ends = torch.clamp(starts + kernel, max=size + pad)
+    return torch.clamp(ends - starts, min=1)
+
+
+@register("Pooling")
+class Pooling(CaffeLayer):
+    """MAX / AVE / STOCHASTIC pooling over (N, C, H, W) with Caffe's window rules.
+
+    The output size is the compiler's (Caffe's ceil rule with the drop rule, or FLOOR);
+    windows are laid out by explicit padding so that the last, possibly overhanging, window
+    is kept where Caffe keeps it (torch's ceil_mode drops it for p = 0, k < s).
+    """
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        pp = layer.param.pooling_param
+        self.method = pp.pool
+        self.global_pooling = pp.global_pooling
+        self.pad = _pool_pair(pp, "pad", "pad_h", "pad_w")
+        self.stride = _pool_pair(pp, "stride", "stride_h", "stride_w")
+        if not self.global_pooling:
+            self.kernel = _pool_pair(pp, "kernel_size", "kernel_h", "kernel_w")
+        if layer.top_shapes[0] is None:
+            raise _layer_error(layer, "the output shape is unknown; give the net's input "
+                                      "shapes to the compiler")
+        self.out_size = tuple(layer.top_shapes[0][2:])
+        self.in_size = tuple(layer.bottom_shapes[0][2:]) if layer.bottom_shapes[0] else None
+        self.with_mask = len(layer.top_shapes) > 1
+
+    def _kernel(self, x):
+        return tuple(x.shape[2:]) if self.global_pooling else self.kernel
+
+    def forward(self, x):
+        if x.dim() != 4:
+            raise _layer_error(self.layer, f"input must have 4 axes, got {tuple(x.shape)}")
+        if self.in_size is not None and tuple(x.shape[2:]) != self.in_size:
+            # The output size was fixed by the compiler for this input size.
+            raise _layer_error(self.layer, f"input spatial size {tuple(x.shape[2:])} differs "
+                                           f"from the compiled {self.in_size}")
+        if self.method == _PoolMethod.Value("MAX"):
+            return self._max(x)
+        if self.method == _PoolMethod.Value("AVE"):
+            return (self._ave(x),)
+        if self.phase == "TRAIN":
+            return (self._stochastic_train(x),)
+        return (self._stochastic_test(x),)
+
+    def _overhang(self, x, pad):
+        """Padding after the input on each axis so that every output window fits: the ceil
+        rule's last window may reach past size + pad."""
+        kernel = self._kernel(x)
+        return tuple(max(0, (o - 1) * s + k - n - p) for o, s, k, n, p in
+                     zip(self.out_size, self.stride, kernel, x.shape[2:], pad))
+
+    def _padded(self, x, pad, value):
+        after = self._overhang(x, pad)
+        return F.pad(x, (pad[1], after[1], pad[0], after[0]), value=value)
+
+    def _crop(self, y):
+        # The padded input can hold more windows than Caffe's output has (FLOOR mode, or
+        # overhang on one axis); Caffe's are the first ones.
+        return y[:, :, :self.out_size[0], :self.out_size[1]]
+
+    def _max(self, x):
+        # Padding with -FLT_MAX never wins against an input value and reproduces Caffe's
+        # -FLT_MAX for a window that holds no input element.
+        padded = self._padded(x, self.pad, _NEG_FLT_MAX)
+        y, index = F.max_pool2d(padded, self._kernel(x), self.stride, return_indices=True)
+        y = self._crop(y)
+        if not self.with_mask:
+            return (y,)
+        return y, self._mask(self._crop(index), padded.shape[3], x.shape[2:]).to(x.dtype)
+
+    def _mask(self, index, padded_width, size):
+        # Caffe's second MAX top: the argmax as h * W + w of the unpadded input, -1 if none.
+        h = torch.div(index, padded_width, rounding_mode="floor") - self.pad[0]
+        w = index % padded_width - self.pad[1]
+        inside = (h >= 0) & (h < size[0]) & (w >= 0) & (w < size[1])
+        return torch.where(inside, h * size[1] + w, torch.full_like(index, -1))
+
+    def _ave(self, x):
+        padded = self._padded(x, self.pad, 0.0)
+        kernel = self._kernel(x)
+        sums = self._crop(F.avg_pool2d(padded, kernel, self.stride, divisor_override=1))
+        divisor_h, divisor_w = (
+            _ave_divisor(o, k, s, p, n) for o, k, s, p, n in
+            zip(self.out_size, kernel, self.stride, self.pad, x.shape[2:]))
+        divisor = (divisor_h[:, None] * divisor_w[None, :]).to(device=x.device, dtype=x.dtype)
+        return sums / divisor
+
+    def _windows(self, x):
+        """(N, C, kh * kw, out_h, out_w): each output's window, row-major, zero beyond the
+        input. Caffe's STOCHASTIC kernels ignore `pad`: windows start at i * stride."""
+        kernel = self._kernel(x)
+        padded = self._padded(x, (0, 0), 0.0)
+        cols = F.unfold(padded, kernel, stride=self.stride)
+        rows = (padded.shape[2] - kernel[0]) // self.stride[0] + 1
+        cols = cols.reshape(x.shape[0], x.shape[1], kernel[0] * kernel[1], rows, -1)
+        return cols[..., :self.out_size[0], :self.out_size[1]]
+
+    def _stochastic_train(self, x):
+        # StoPoolForwardTrain: pick the first element whose running sum reaches u * window
+        # sum (u ~ U[0, 1)); the gradient flows to the picked element only.
+        cols = self._windows(x)
+        running = cols.cumsum(dim=2)
+        shape = (cols.shape[0], cols.shape[1], 1) + tuple(cols.shape[3:])
+        u = torch.rand(shape, generator=self.rng, dtype=torch.float32)
+        threshold = u.to(device=x.device, dtype=x.dtype) * running[:, :, -1:]
+        reached = (running >= threshold).to(x.dtype)
+        picked = reached.argmax(dim=2, keepdim=True)  # the first True
+        return cols.gather(2, picked).squeeze(2)
+
+    def _stochastic_test(self, x):
+        # StoPoolForwardTest: the activation-weighted mean sum(x^2) / sum(x), 0 where the
+        # window sums to <= 0.
+        cols = self._windows(x)
+        total = cols.sum(dim=2)
+        positive = total > 0
+        safe = torch.where(positive, total, torch.ones_like(total))
+        return torch.where(positive, (cols * cols).sum(dim=2) / safe, torch.zeros_like(total))
+
+
+# --------------------------------------------------------------------------- LRN
+
+_NormRegion = caffe_pb2.LRNParameter.NormRegion
+
+
+@register("LRN")
+class LRN(CaffeLayer):
+    """Local response normalisation (lrn_layer.cpp) over (N, C, H, W)."""
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        lp = layer.param.lrn_param
+        if lp.local_size % 2 != 1:
+            raise _layer_error(layer, "LRN only supports odd values for local_size")
+        self.size = lp.local_size
+        self.pre_pad = (lp.local_size - 1) // 2
+        self.alpha, self.beta, self.k = lp.alpha, lp.beta, lp.k
+        self.across = lp.norm_region == _NormRegion.Value("ACROSS_CHANNELS")
+
+    def forward(self, x):
+        if x.dim() != 4:
+            raise _layer_error(self.layer, f"input must have 4 axes, got {tuple(x.shape)}")
+        squares = x * x
+        if self.across:
+            # scale = k + alpha / n * sum of squares over n channels centred on c (zero
+            # beyond the channel range).
+            after = self.size - self.pre_pad - 1
+            padded = F.pad(squares, (0, 0, 0, 0, self.pre_pad, after))
+            channels = x.shape[1]
+            window = sum(padded[:, j:j + channels] for j in range(self.size))
+            scale = self.k + (self.alpha / self.size) * window
+        else:
+            # Caffe builds this from a Pooling AVE layer (kernel n, pad (n - 1) / 2, stride 1)
+            # and a Power layer (shift 1, scale alpha): for odd n every window's divisor is
+            # n^2 under the pooling rule, and k is not used.
+            mean = F.avg_pool2d(squares, self.size, stride=1, padding=self.pre_pad,
+                                count_include_pad=True)
+            scale = 1 + self.alpha * mean
+        return (x * scale.pow(-self.beta),)
+
+
+# --------------------------------------------------------------------------- InnerProduct
+
+
+@register("InnerProduct")
+class InnerProduct(CaffeLayer):
+    """y = x W^T + b over x flattened from `axis`; W is (N, K), or (K, N) with transpose."""
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        ip = layer.param.inner_product_param
+        self.axis = _canonical_axis(ip.axis, len(layer.bottom_shapes[0]))
+        self.transpose = ip.transpose
+        self.bias_term = ip.bias_term
+        self.add_blob(layer.param_shapes[0], ip.weight_filler)
+        if self.bias_term:
+            self.add_blob(layer.param_shapes[1], ip.bias_filler)
+
+    def forward(self, x):
+        outer = tuple(x.shape[:self.axis])
+        flat = x.reshape(math.prod(outer), -1)
+        weight = self.blobs[0]
+        y = flat @ weight if self.transpose else flat @ weight.t()
+        if self.bias_term:
+            y = y + self.blobs[1]
+        return (y.reshape(outer + (y.shape[1],)),)
+
+
+# --------------------------------------------------------------------------- Embed
+
+
+@register("Embed")
+class Embed(CaffeLayer):
+    """One-hot product: row int(x) of the (input_dim, num_output) weight, plus bias.
+
+    Index -1 is LRCN's padding (input -1 where cont = 0). Caffe's Embed would read outside
+    the weight there; LRCN_REFERENCE.md requires a finite embedding for it (the loss ignores
+    the target and cont cuts the recurrence), so -1 reads a row of zeros that receives no
+    gradient; the bias, if any, is still added as for every index.
+    """
+
+    no_grad_bottoms = (0,)
+    PADDING_INDEX = -1
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        ep = layer.param.embed_param
+        self.input_dim = ep.input_dim
+        self.bias_term = ep.bias_term
+        self.add_blob(layer.param_shapes[0], ep.weight_filler)
+        if self.bias_term:
+            self.add_blob(layer.param_shapes[1], ep.bias_filler)
+
+    def forward(self, x):
+        # static_cast<int>: float indices truncate toward zero.
+        index = x.detach().to(torch.int64)
+        bad = (index < self.PADDING_INDEX) | (index >= self.input_dim)
+        if bool(bad.any()):
+            value = x[bad].flatten()[0].item()
+            raise IndexError(f"layer {self.layer.name!r} (Embed): index {value} is outside "
+                             f"[0, {self.input_dim}) (input_dim) and is not the padding "
+                             f"index {self.PADDING_INDEX}")
+        keep = index != self.PADDING_INDEX
+        rows = F.embedding(torch.where(keep, index, torch.zeros_like(index)), self.blobs[0])
+        y = rows * keep.unsqueeze(-1).to(rows.dtype)
+        if self.bias_term:
+            y = y + self.blobs[1]
+        return (y,)
+
+
+# --------------------------------------------------------------------------- BatchNorm
+
+
+@register("BatchNorm")
+class BatchNorm(CaffeLayer):
+    """batch_norm_layer.cpp: normalise per channel (axis 1), no affine part.
+
+    Blobs mean_sum, var_sum (C,) and scale_factor (1,) are running sums, not learnt (Caffe
+    forces lr_mult 0 on them): they keep requires_grad False and are updated in forward.
+    """
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        bp = layer.param.batch_norm_param
+        self.use_global_stats = (bp.use_global_stats if bp.HasField("use_global_stats")
+                                 else self.phase == "TEST")
+        self.maf = bp.moving_average_fraction
+        self.eps = bp.eps
+        for shape in layer.param_shapes:
+            self.add_blob(shape).requires_grad_(False)
+
+    def forward(self, x):
+        original_shape = x.shape
+        if x.dim() == 1:
+            x = x.reshape(-1, 1)  # Caffe: a 1-axis bottom has one channel.
+        reduce_dims = [d for d in range(x.dim()) if d != 1]
+        if self.use_global_stats:
+            mean, var = self._global_stats()
+        else:
+            mean = x.mean(dim=reduce_dims)
+            var = (x - _broadcast(mean, x.dim(), 1)).pow(2).mean(dim=reduce_dims)
+            self._update_running(mean, var, x.numel() // x.shape[1])
+        std = (var + self.eps).sqrt()
+        y = (x - _broadcast(mean, x.dim(), 1)) / _broadcast(std, x.dim(), 1)
+        return (y.reshape(original_shape),)
+
+    def _global_stats(self):
+        factor = self.blobs[2][0]
+        # scale_factor 0 (never trained) reads as mean 0, variance 0.
+        inverse = torch.where(factor == 0, torch.zeros_like(factor), 1 / factor)
+        return self.blobs[0] * inverse, self.blobs[1] * inverse
+
+    @torch.no_grad()
+    def _update_running(self, mean, var, m):
+        # Unbiased variance goes into the running sum; the batch itself uses the biased one.
+        correction = m / (m - 1) if m > 1 else 1.0
+        self.blobs[2].mul_(self.maf).add_(1)
+        self.blobs[0].mul_(self.maf).add_(mean.detach().to(self.blobs[0].dtype))
+        self.blobs[1].mul_(self.maf).add_(correction * var.detach().to(self.blobs[1].dtype))
+
+
+# --------------------------------------------------------------------------- Scale / Bias
+
+
+def _learnt_axis(axis, x, blob):
+    # ScaleLayer / BiasLayer: a 0-axis (scalar) operand broadcasts from axis 0.
+    return 0 if blob.dim() == 0 else _canonical_axis(axis, x.dim())
+
+
+@register("Scale")
+class Scale(CaffeLayer):
+    """y = x * scale (+ bias); scale is bottom[1] when given, else a blob (filler default
+    constant 1, as scale_layer.cpp sets it); bias is a blob covering the same axes."""
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        sp = layer.param.scale_param
+        self.axis = sp.axis
+        self.scale_bottom = len(layer.bottoms) > 1
+        self.bias_term = sp.bias_term
+        if not self.scale_bottom:
+            # scale_layer.cpp: without a filler the scale starts at one, not zero.
+            filler = sp.filler if sp.HasField("filler") else caffe_pb2.FillerParameter(
+                type="constant", value=1.0)
+            self.add_blob(layer.param_shapes[0], filler)
+        if self.bias_term:
+            self.add_blob(layer.param_shapes[-1], sp.bias_filler)
+
+    def forward(self, x, *scale_bottom):
+        scale = scale_bottom[0] if self.scale_bottom else self.blobs[0]
+        axis = _learnt_axis(self.axis, x, scale)
+        y = x * _broadcast(scale, x.dim(), axis)
+        if self.bias_term:
+            y = y + _broadcast(self.blobs[-1], x.dim(), axis)
+        return (y,)
+
+
+@register("Bias")
+class Bias(CaffeLayer):
+    """y = x + bias; bias is bottom[1] when given, else a blob (filler default zeros)."""
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        bp = layer.param.bias_param
+        self.axis = bp.axis
+        self.bias_bottom = len(layer.bottoms) > 1
+        if not self.bias_bottom:
+            self.add_blob(layer.param_shapes[0], bp.filler)
+
+    def forward(self, x, *bias_bottom):
+        bias = bias_bottom[0] if self.bias_bottom else self.blobs[0]
+        return (x + _broadcast(bias, x.dim(), _learnt_axis(self.axis, x, bias)),)
+
+
+# --------------------------------------------------------------------------- MVN
+
+
+class _NormalizeVariance(torch.autograd.Function):
+    """(x - mean) / (std + eps) per row, with mvn_layer.cpp's backward
+    dx = (dy - mean(dy) - y * mean(y * dy)) / (std + eps). That is the exact gradient up to
+    a factor std / (std + eps) on one term, and stays finite for a constant row, where the
+    exact gradient (through sqrt at 0) would be NaN."""
+
+    @staticmethod
+    def forward(ctx, rows, eps):
+        centred = rows - rows.mean(dim=1, keepdim=True)
+        std_eps = centred.pow(2).mean(dim=1, keepdim=True).sqrt() + eps
+        y = centred / std_eps
+        ctx.save_for_backward(y, std_eps)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        y, std_eps = ctx.saved_tensors
+        dx = dy - dy.mean(dim=1, keepdim=True) - y * (y * dy).mean(dim=1, keepdim=True)
+        return dx / std_eps, None
+
+
+@register("MVN")
+class MVN(CaffeLayer):
+    """Mean (and variance) normalisation per (n, c), or per n with across_channels; eps is
+    added to the standard deviation, not to the variance."""
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        mp = layer.param.mvn_param
+        self.normalize_variance = mp.normalize_variance
+        self.across_channels = mp.across_channels
+        self.eps = mp.eps
+
+    def forward(self, x):
+        # Caffe's num() / channels() are legacy axes 0 and 1.
+        num = x.shape[0] if x.dim() > 0 else 1
+        if not self.across_channels and x.dim() > 1:
+            num *= x.shape[1]
+        rows = x.reshape(num, -1)
+        if self.normalize_variance:
+            y = _NormalizeVariance.apply(rows, self.eps)
+        else:
+            y = rows - rows.mean(dim=1, keepdim=True)
+        return (y.reshape(x.shape),)
+
+
+# --------------------------------------------------------------------------- Crop
+
+
+@register("Crop")
+class Crop(CaffeLayer):
+    """Crop bottom[0] to bottom[1]'s shape on the axes from `axis` on, at `offset` (none:
+    0, one: every axis, else one per cropped axis). bottom[1] only gives a shape."""
+
+    no_grad_bottoms = (1,)
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        cp = layer.param.crop_param
+        num_axes = len(layer.bottom_shapes[0])
+        self.axis = _canonical_axis(cp.axis, num_axes)
+        offsets = list(cp.offset)
+        cropped = num_axes - self.axis
+        if len(offsets) > 1 and len(offsets) != cropped:
+            raise _layer_error(layer, f"{len(offsets)} offsets given for {cropped} "
+                                      f"cropped axes")
+        self.offsets = (offsets * cropped if len(offsets) == 1 else
+                        offsets or [0] * cropped)
+
+    def forward(self, x, reference):
+        index = [slice(None)] * self.axis
+        for i, offset in enumerate(self.offsets):
+            axis = self.axis + i
+            size = reference.shape[axis]
+            if offset + size > x.shape[axis]:
+                raise _layer_error(self.layer, f"axis {axis}: offset {offset} + size {size} "
+                                               f"exceeds {x.shape[axis]}")
+            index.append(slice(offset, offset + size))
+        return (x[tuple(index)],)
