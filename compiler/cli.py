@@ -12,6 +12,8 @@ import tempfile
 
 from .errors import CompileError
 from .formatter import format_document
+from .graph import compile_net
+from .netstate import candidate_states, describe_state, net_state, solver_net_states
 from .schema import load_file
 from .upgrade import upgrade
 
@@ -60,26 +62,72 @@ def write_atomically(path, text):
 # --- lrcn-check ------------------------------------------------------------------------------
 
 def check_file(path):
-    """Load, validate and upgrade one file; raise CompileError on the first problem."""
+    """Load, upgrade and compile one net or solver file; raise CompileError on the first problem.
+
+    A net compiles in TRAIN and in TEST, with no stages and with each stage set its include
+    rules name (completed so that stage-selected variants have their producers, see
+    compiler.netstate.candidate_states). A solver's train and test nets compile with exactly
+    the states the solver gives them. Data shapes the compiler cannot know stay unknown (None);
+    that is not an error. Returns notes worth printing (a phase the net is not meant for).
+    """
     document = load_file(path)
-    upgrade(document.message, document)
-    return document
+    if document.kind == "solver":
+        return _check_solver(document)
+    return _check_net(document)
+
+
+def _check_net(document):
+    net = upgrade(document.message, document)
+    notes, compiled_any = [], False
+    for phase in ("TRAIN", "TEST"):
+        candidates = candidate_states(net, phase)
+        if candidates.unusable_reason:
+            notes.append(f"{phase} not checked: {candidates.unusable_reason}")
+        for state in candidates.states:
+            _compile_in_context(document, state, f"compiled in {describe_state(state)}")
+            compiled_any = True
+    if not compiled_any:
+        # Usable in neither phase: compiling plainly shows the located reason.
+        state = net_state(net, "TRAIN")
+        _compile_in_context(document, state, f"compiled in {describe_state(state)}")
+    return notes
+
+
+def _check_solver(document):
+    for selection in solver_net_states(document):
+        context = (f"compiled as the solver's {selection.role} net "
+                   f"({describe_state(selection.state)})")
+        _compile_in_context(selection.document or selection.source, selection.state, context)
+    return []
+
+
+def _compile_in_context(net, state, context):
+    # The same file compiles under several states; say which one an error belongs to.
+    try:
+        compile_net(net, state=state)
+    except CompileError as error:
+        hint = f"{error.hint}; {context}" if error.hint else context
+        raise CompileError(error.message, error.file, error.line, error.col, hint) from None
 
 
 def _check(argv):
-    parser = ToolParser("lrcn-check", "Load and validate Caffe net and solver definitions.",
+    parser = ToolParser("lrcn-check", "Load, validate and compile Caffe net and solver "
+                        "definitions: nets in TRAIN and TEST (and the stage sets their rules "
+                        "name), solvers with each of their train/test net states.",
                         "lrcn-check nets/lrcn_caption.prototxt solvers/caption_solver.prototxt")
     parser.add_argument("files", nargs="+", metavar="FILE", help=".prototxt net or solver files")
     args = parser.parse_args(argv)
     failed = 0
     for path in args.files:
         try:
-            check_file(path)
+            notes = check_file(path)
         except CompileError as error:
             print(error, file=sys.stderr)
             failed += 1
         else:
             print(f"{path}: ok")
+            for note in notes:
+                print(f"  note: {note}")
     return 1 if failed else 0
 
 

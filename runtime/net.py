@@ -135,7 +135,13 @@ class Net(nn.Module):
         self.phase = phase
         self.units = nn.ModuleList(self._build_unit(layer) for layer in self.compiled.layers)
         self.layer_names = [layer.name for layer in self.compiled.layers]
-        self._unit_by_name = dict(zip(self.layer_names, self.units))
+        # Caffe allows a repeated layer name (e.g. two data layers); the compiler's `key` is
+        # unique. Layers with blobs never repeat a name, so weights match by name.
+        self._unit_by_key = {layer.key: unit
+                             for layer, unit in zip(self.compiled.layers, self.units)}
+        self._unit_by_name = {layer.name: unit
+                              for layer, unit in zip(self.compiled.layers, self.units)
+                              if layer.param_shapes}
         self._share_parameters()
         self._input_buffers = {}
         self._values = {}
@@ -162,7 +168,7 @@ class Net(nn.Module):
                 self._prebuilt = {}
                 for layer in unknown:
                     unit = self._instantiate(layer)
-                    self._prebuilt[layer.name] = unit
+                    self._prebuilt[layer.key] = unit
                     input_shapes.update(zip(layer.tops, unit.top_shapes()))
                 compiled = compiler.compile_net(net, phase, stages, level, input_shapes)
         self._check_shapes_known(compiled)
@@ -193,7 +199,7 @@ class Net(nn.Module):
         return unit_class(layer, self.rng)
 
     def _build_unit(self, layer):
-        prebuilt = getattr(self, "_prebuilt", {}).pop(layer.name, None)
+        prebuilt = getattr(self, "_prebuilt", {}).pop(layer.key, None)
         if prebuilt is not None:
             prebuilt.layer = layer
             return prebuilt
@@ -313,6 +319,18 @@ class Net(nn.Module):
         for unit in self.units:
             unit.reset_state()
 
+    def reorder_state(self, index):
+        """Reorder (or repeat) the streams of every carried recurrent state: stream n of the
+        next call continues stream index[n] of the last one. Beam search uses this to follow
+        the surviving prefixes."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        for unit in self.units:
+            for name in getattr(unit, "state_names", ()):
+                carried = getattr(unit, f"{name}_carry", None)
+                if carried is not None:
+                    setattr(unit, f"{name}_carry",
+                            carried.index_select(1, index.to(carried.device)))
+
     # --- pycaffe surface --------------------------------------------------------------------
 
     @property
@@ -342,8 +360,9 @@ class Net(nn.Module):
     def layers(self):
         return list(self.units)
 
-    def layer(self, name):
-        return self._unit_by_name[name]
+    def layer(self, key):
+        """The unit of a layer, by name (or "name@k" for the k-th repeat of a name)."""
+        return self._unit_by_key[key]
 
     def learnable_params(self):
         """Each learnable tensor once, with its owner's lr_mult / decay_mult (Caffe's

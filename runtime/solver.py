@@ -125,7 +125,7 @@ class Solver:
         if self.param.display and self.iter % self.param.display == 0:
             with torch.no_grad():
                 outputs = self.net.run()
-            self._update_smoothed_loss(float(outputs["loss"]), start_iter)
+            self._update_smoothed_loss(outputs["loss"].item(), start_iter)
             self.log(f"Iteration {self.iter}, loss = {_fmt(self._smoothed_loss)}")
         if self.param.test_interval and self.iter % self.param.test_interval == 0:
             self.test_all()
@@ -150,7 +150,7 @@ class Solver:
             loss = 0.0
             for _ in range(param.iter_size):
                 outputs = self.net.forward_backward()
-                loss += float(outputs["loss"])
+                loss += outputs["loss"].item()
             loss /= param.iter_size
             self.last_outputs = outputs
             self._update_smoothed_loss(loss, start_iter)
@@ -202,7 +202,8 @@ class Solver:
             diffs = [p.tensor.grad if p.tensor.grad is not None
                      else torch.zeros_like(p.tensor) for p in self.learnable]
             norm = clip_gradients(diffs, param.clip_gradients)
-            if norm is not None and norm > param.clip_gradients:
+            # Caffe logs every clipping; on display iterations is enough to follow training.
+            if display and norm is not None and norm > param.clip_gradients:
                 self.log(f"Gradient clipping: scaling down gradients (L2 norm {_fmt(norm)} > "
                          f"{_fmt(param.clip_gradients)}) by scale factor "
                          f"{_fmt(param.clip_gradients / norm)}")
@@ -232,7 +233,7 @@ class Solver:
         with torch.no_grad():
             for _ in range(iterations):
                 outputs = net.run()
-                loss += float(outputs["loss"])
+                loss += outputs["loss"].item()
                 values = [(name, outputs[name].reshape(-1).double().cpu())
                           for name in net.outputs]
                 if sums is None:
@@ -350,17 +351,17 @@ class Solver:
 def net_random_state(net):
     """The net's random generator plus each layer's own resumable state (data positions)."""
     layers = {}
-    for name, unit in zip(net.layer_names, net.units):
+    for layer, unit in zip(net.compiled.layers, net.units):
         getter = getattr(unit, "resume_state", None)
         if getter is not None:
-            layers[name] = getter()
+            layers[layer.key] = getter()
     return {"rng": net.rng.get_state(), "layers": layers}
 
 
 def restore_net_random_state(net, state):
     net.rng.set_state(state["rng"])
     for name, layer_state in state["layers"].items():
-        unit = net._unit_by_name.get(name)
+        unit = net._unit_by_key.get(name)
         if unit is not None and hasattr(unit, "restore_state"):
             unit.restore_state(layer_state)
 
