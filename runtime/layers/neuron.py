@@ -222,6 +222,14 @@ class Dropout(CaffeLayer):
             self._generators[key] = torch.Generator(device=device).manual_seed(self.seed)
         return self._generators[key]
 
+    def resume_state(self):
+        """The mask generators' positions, so a resumed run draws the same masks."""
+        return {device: generator.get_state() for device, generator in self._generators.items()}
+
+    def restore_state(self, state):
+        for device, generator_state in state.items():
+            self._generator(torch.device(device)).set_state(generator_state)
+
     def forward(self, x):
         if self.phase != "TRAIN" or self.ratio == 0:
             return (x,)
