@@ -143,6 +143,7 @@ class Net(nn.Module):
                               for layer, unit in zip(self.compiled.layers, self.units)
                               if layer.param_shapes}
         self._share_parameters()
+        self._freeze_zero_rate_blobs()
         self._input_buffers = {}
         self._values = {}
         self._last_loss = None
@@ -155,11 +156,15 @@ class Net(nn.Module):
     # --- building ------------------------------------------------------------------------
 
     def _compile(self, net, phase, stages, level, input_shapes):
+        self.force_backward = False
         if isinstance(net, compiler.CompiledNet):
             compiled = net
         else:
             if isinstance(net, (str, os.PathLike)):
                 net = compiler.load_file(net, "net")
+            message = net.message if isinstance(net, compiler.Document) else net
+            # Caffe computes input diffs only when asked to (saliency, deep-dream scripts).
+            self.force_backward = bool(message.force_backward)
             compiled = compiler.compile_net(net, phase, stages, level, input_shapes)
             unknown = self._data_layers_with_unknown_tops(compiled)
             if unknown:
@@ -215,6 +220,14 @@ class Net(nn.Module):
             for layer_name, index in members[1:]:
                 self._unit_by_name[layer_name].blobs[index] = owner
 
+    def _freeze_zero_rate_blobs(self):
+        """Caffe computes no diff for a blob with lr_mult 0 (param_propagate_down false): it
+        neither learns nor counts towards gradient clipping, and its backward is skipped."""
+        for layer, unit in zip(self.compiled.layers, self.units):
+            for blob, spec in zip(unit.blobs, layer.param_specs):
+                if spec.lr_mult == 0:
+                    blob.requires_grad_(False)
+
     def _plan_releases(self):
         """For each step, the blob versions no later layer reads: freed to save memory."""
         last_reader = {}
@@ -268,6 +281,9 @@ class Net(nn.Module):
                 tops = tuple(self._as_device_tensor(tensors[top] if top in tensors else
                                                     self._input_tensor(top))
                              for top in layer.tops)
+                if self.force_backward:
+                    tops = tuple(t.detach().requires_grad_(t.is_floating_point())
+                                 for t in tops)
             else:
                 bottoms = [values[b] for b in layer.bottoms]
                 bottoms = self._cut_gradients(layer, unit, bottoms)
@@ -382,7 +398,9 @@ class Net(nn.Module):
                 if version in self._values}
 
     def _blob_data(self, name):
-        if name in self.inputs and name in self._input_buffers:
+        if name in self.inputs:
+            # The buffer pycaffe scripts write into before forward().
+            self._input_tensor(name)
             return self._input_buffers[name]
         value = self._latest_values().get(name)
         if value is None:

@@ -27,6 +27,26 @@ from runtime.net import Net
 from runtime.updates import LR_POLICIES, UPDATE_RULES, clip_gradients, learning_rate, regularize
 
 
+# Fields accepted but with no effect here, and why (the rest of SolverParameter is implemented).
+FIELD_NOTES = {
+    "debug_info": "debug_info: Caffe's per-layer data/diff norms are not printed "
+                  "(use lrcn-time or net.blobs to inspect layers)",
+    "layer_wise_reduce": "layer_wise_reduce: only matters to Caffe's multi-GPU NCCL reduction",
+    "device_id": "device_id: used when solver_mode is GPU and CUDA is present",
+}
+
+
+def solver_notes(param):
+    """One line per field of a SolverParameter that only matters to Caffe's GPU or formats."""
+    notes = [FIELD_NOTES[f.name] for f, _ in param.ListFields() if f.name in FIELD_NOTES]
+    if param.solver_mode == caffe_pb2.SolverParameter.GPU and not torch.cuda.is_available():
+        notes.append("solver_mode GPU: no CUDA device here, so training runs on the CPU")
+    if param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+        notes.append("snapshot_format HDF5: snapshots are written as BINARYPROTO "
+                     "(.caffemodel / .solverstate), which Caffe reads too")
+    return notes
+
+
 class Solver:
     """pycaffe-like solver: `solver.step(n)`, `solver.solve()`, `solver.net`, `solver.test_nets`,
     `solver.iter`.
@@ -47,7 +67,13 @@ class Solver:
         if seed is not None:
             torch.manual_seed(seed)
         self.device = torch.device(device) if device is not None else self._device_from_mode()
+        for note in solver_notes(self.param):
+            self.log("note: " + note)
         self.net, self.test_nets = self._build_nets(stages, seed, input_shapes or {})
+        for path in self.param.weights:
+            # Caffe 1.0's solver-level initial weights, loaded by layer name like --weights.
+            self.log(f"Finetuning from {path}")
+            self.net.copy_from(path)
         self.rule = UPDATE_RULES[self.param.type](self.param)
         self.learnable = self.net.learnable_params()
         self.history = [[torch.zeros_like(p.tensor.data) for _ in range(self.rule.histories)]
@@ -275,9 +301,6 @@ class Solver:
     def snapshot(self):
         """Write <prefix>_iter_<N>.caffemodel, .solverstate and the .lrcn sidecar atomically.
         The weights go first, so a .solverstate never names weights that are not there."""
-        if self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
-            raise CompileError("snapshot_format HDF5 is not supported; use BINARYPROTO",
-                               self.solver_file)
         self._last_snapshot_iter = self.iter
         base = f"{self.snapshot_prefix()}_iter_{self.iter}"
         model_file, state_file = base + ".caffemodel", base + ".solverstate"
