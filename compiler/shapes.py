@@ -69,8 +69,22 @@ _loaded = False
 
 def _load_rule_modules():
     # Rules for data layers live in compiler/data_shapes.py (they read the data files); both
-    # modules register into the same table.
+    # modules register into the same table. Layer types defined outside compiler/ (the
+    # applications' own data layers, a user's layers) register theirs through the
+    # "lrcn.shape_rules" entry-point group, so compiler/ never imports them by name.
     global _loaded
     if not _loaded:
         _loaded = True
         from . import data_shapes, layer_shapes  # noqa: F401  (imported to register rules)
+        load_plugins("lrcn.shape_rules")
+
+
+def load_plugins(group):
+    """Import every module registered under an entry-point group (they register on import)."""
+    from importlib.metadata import entry_points
+    for entry in entry_points(group=group):
+        try:
+            entry.load()
+        except ImportError as error:
+            raise CompileError(f"cannot load layer plugin '{entry.name}' ({entry.value}): "
+                               f"{error}") from None

@@ -42,3 +42,6 @@ def _load_builtin_units():
     for module in pkgutil.iter_modules(layers.__path__):
         if module.name not in ("registry", "base"):
             importlib.import_module(f"runtime.layers.{module.name}")
+    # Units defined outside runtime/ (the applications' data layers, a user's own layers).
+    from compiler.shapes import load_plugins
+    load_plugins("lrcn.layers")
