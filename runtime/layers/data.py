@@ -1,0 +1,584 @@
+"""Data layer units: HDF5Data, HDF5Output, ImageData, Data (LMDB), DummyData, MemoryData.
+
+Data units take no bottoms; `forward()` returns their tops as CPU float32 tensors (the Net
+moves them to its device) and `top_shapes()` reports the shapes (the compiled ones, or, where
+the compiler could not read the files, those of the data as the unit reads it). Batches are built by `load_batch(k)`,
+a pure function of the batch index k, and delivered in order by runtime.prefetch.Prefetcher,
+so the data seen for a given seed does not depend on the number of prefetch workers. Record
+order follows Caffe exactly (list order, wrap-around, rand_skip, per-epoch shuffles); the
+random numbers themselves come from numpy (Caffe's boost generator is not reproduced).
+
+The Python layer unit lives in runtime/python_layer.py and is registered by importing it here.
+WindowData has a shape rule but no unit (R-CNN's window sampler is not part of LRCN): the Net
+reports it as a type the runtime does not support.
+"""
+
+import collections
+import logging
+import threading
+
+import h5py
+import numpy as np
+import torch
+
+from compiler import data_shapes, data_sources
+from compiler.errors import CompileError
+from compiler.shapes import ShapeContext
+from runtime import prefetch
+from runtime import python_layer  # noqa: F401  (registers the "Python" unit)
+from runtime.fillers import fill_
+from runtime.layers.base import CaffeLayer
+from runtime.layers.registry import register
+from runtime.transform import DataTransformer, decode_image, read_image
+
+log = logging.getLogger("lrcn.data")
+
+# Purposes of the layer's random streams: batch_rng(seed, purpose, index...).
+_BATCH, _SHUFFLE, _SKIP, _FILES, _ROWS = range(5)
+
+
+def _location(layer):
+    location = getattr(layer, "location", None)
+    return tuple(location) if location else (None, None, None)
+
+
+def _naming_file(layer):
+    return _location(layer)[0]
+
+
+class DataLayer(CaffeLayer):
+    """Shared machinery: seed, prefetcher, bad-record policy, top_shapes()."""
+
+    def __init__(self, layer, rng=None):
+        super().__init__(layer, rng)
+        self.seed = prefetch.layer_seed(self.rng, layer.name)
+        settings = prefetch.data_options()
+        self.workers = settings.workers
+        self.bad_records = prefetch.BadRecords(layer.name, settings.skip_bad_records)
+        self.depth = (self.param.data_param.prefetch if self.param.HasField("data_param")
+                      else data_shapes.DEFAULT_PREFETCH)
+        self._prefetcher = None
+        self._start = 0          # the batch the next prefetcher starts from
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def load_batch(self, index):
+        """Batch `index` as a tuple of numpy arrays, one per top (thread-safe)."""
+        raise NotImplementedError
+
+    def forward(self):
+        if self._prefetcher is None:
+            self._prefetcher = prefetch.Prefetcher(self.load_batch, self.workers, self.depth,
+                                                   self.layer.name, self._start)
+        return tuple(torch.from_numpy(array) for array in self._prefetcher.next())
+
+    @property
+    def position(self):
+        """Batches delivered so far (the index of the next batch)."""
+        return self._prefetcher.position if self._prefetcher is not None else self._start
+
+    def set_workers(self, workers):
+        """Change the number of prefetch workers; the sequence of batches is unchanged."""
+        self.workers = int(workers)
+        self._restart(self.position)
+
+    def resume_state(self):
+        """What a solver snapshot keeps to continue the data where it stopped."""
+        return {"batch": self.position}
+
+    def restore_state(self, state):
+        self._restart(int(state["batch"]))
+
+    def _restart(self, position):
+        self.close()
+        self._start = position
+
+    def close(self):
+        """Stop the prefetch workers (they also stop when the unit is collected or at exit)."""
+        if self._prefetcher is not None:
+            self._start = self._prefetcher.position
+            self._prefetcher.close()
+            self._prefetcher = None
+
+    # -- shapes -----------------------------------------------------------------------------
+
+    def top_shapes(self):
+        """The compiled top shapes, or (files the compiler could not read) the shapes of the
+        data as this unit reads it, found the way Caffe's DataLayerSetUp finds them."""
+        known = list(getattr(self.layer, "top_shapes", None) or [])
+        if len(known) == len(self.layer.tops) and all(s is not None for s in known):
+            return [tuple(s) for s in known]
+        return self._read_top_shapes()
+
+    def _read_top_shapes(self):
+        raise NotImplementedError
+
+    def _where(self):
+        return _location(self.layer)
+
+    def _source(self, path, what):
+        file, line, col = self._where()
+        return data_sources.resolve_source(path, file, what, (file, line, col))
+
+    def _check_batch_shape(self, first, array, what, where):
+        if array.shape != first:
+            raise CompileError(f"{what} gives a {' x '.join(map(str, array.shape))} blob but the "
+                               f"batch's first record gave {' x '.join(map(str, first))}", *where,
+                               hint="every record of a batch needs one size: set new_height / "
+                                    "new_width (or crop_size)")
+
+
+# --- HDF5Data ------------------------------------------------------------------------------
+
+@register("HDF5Data")
+class HDF5Data(DataLayer):
+    """Rows of the datasets named like its tops, from the .h5 files of a list, in Caffe's
+    order: files in list order, rows in order, on to the next file, back to the first file
+    after the last. With `shuffle`, each pass over the data visits the files in a fresh
+    permutation and each file's rows in a fresh permutation (hdf5_data_layer.cpp's
+    random_shuffle of file_permutation_ at setup and wrap, data_permutation_ at each load)."""
+
+    def __init__(self, layer, rng=None):
+        super().__init__(layer, rng)
+        param = self.param.hdf5_data_param
+        data_shapes.check_hdf5_data(self.param)
+        self.batch_size = param.batch_size
+        self.shuffle = param.shuffle
+        self.tops = list(self.param.top)
+        self.list_file = self._source(param.source, "HDF5 list file")
+        self.files = self._scan(data_sources.read_hdf5_list(self.list_file))
+        self.total_rows = sum(rows for _, rows, _ in self.files)
+        self._cache = collections.OrderedDict()
+        self._cache_size = max(2, self.workers + 1)
+        self._permutations = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def _scan(self, entries):
+        """(path, rows, list line) of every usable file, with Caffe's consistency checks."""
+        files, reference = [], None
+        for entry in entries:
+            try:
+                shapes = data_sources.hdf5_dataset_shapes(entry.path, self.tops,
+                                                          self.list_file, entry.line)
+                rows = shapes[self.tops[0]][0]
+                if rows == 0:
+                    raise CompileError(f"HDF5 file {entry.path} has no rows", self.list_file,
+                                       entry.line)
+                trailing = {top: shapes[top][1:] for top in self.tops}
+                if reference is not None and trailing != reference[0]:
+                    raise CompileError(
+                        f"HDF5 file {entry.path} has row shapes {_describe(trailing)} but "
+                        f"{reference[1]} (line {reference[2]}) has {_describe(reference[0])}",
+                        self.list_file, entry.line,
+                        hint="every file of an HDF5Data list needs the same shape past axis 0")
+            except CompileError as error:
+                self.bad_records.record(entry.path, error)
+                continue
+            if reference is None:
+                reference = (trailing, entry.path, entry.line)
+            files.append((entry.path, rows, entry.line))
+        if not files:
+            raise CompileError(f"no readable HDF5 file in {self.list_file}", self.list_file)
+        self._row_shapes = reference[0]
+        return files
+
+    def _read_top_shapes(self):
+        return [(self.batch_size,) + self._row_shapes[top] for top in self.tops]
+
+    def _permutation(self, key, size):
+        """A seeded permutation, remembered: every row of a batch asks for the same ones."""
+        with self._lock:
+            if key not in self._permutations:
+                self._permutations[key] = prefetch.batch_rng(self.seed, *key).permutation(size)
+                while len(self._permutations) > 8:
+                    self._permutations.popitem(last=False)
+            return self._permutations[key]
+
+    def _epoch_layout(self, epoch):
+        """(file order, start row of each slot) of one pass over the data."""
+        order = (self._permutation((_FILES, epoch), len(self.files)) if self.shuffle
+                 else np.arange(len(self.files)))
+        sizes = np.array([self.files[j][1] for j in order])
+        return order, np.concatenate([[0], np.cumsum(sizes)])
+
+    def _locate(self, position):
+        """(file index, row) of the position-th row delivered since the start."""
+        epoch, offset = divmod(position, self.total_rows)
+        order, starts = self._epoch_layout(epoch)
+        slot = int(np.searchsorted(starts, offset, side="right") - 1)
+        file_index = int(order[slot])
+        row = offset - int(starts[slot])
+        if self.shuffle:
+            rows = self.files[file_index][1]
+            row = int(self._permutation((_ROWS, epoch, file_index), rows)[row])
+        return file_index, row
+
+    def _data(self, file_index):
+        """All datasets of one file as float32 (Caffe loads whole files too), LRU-cached."""
+        with self._lock:
+            if file_index in self._cache:
+                self._cache.move_to_end(file_index)
+                return self._cache[file_index]
+            path, _, line = self.files[file_index]
+            try:
+                with h5py.File(path, "r") as handle:
+                    arrays = {top: np.asarray(handle[top][...], dtype=np.float32)
+                              for top in self.tops}
+            except (OSError, KeyError) as error:
+                raise CompileError(f"cannot read HDF5 file {path}: {error}", self.list_file,
+                                   line) from None
+            self._cache[file_index] = arrays
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return arrays
+
+    def load_batch(self, index):
+        start = index * self.batch_size
+        places = [self._locate(position) for position in range(start, start + self.batch_size)]
+        row_shapes = self._data(places[0][0])
+        outputs = [np.empty((self.batch_size,) + row_shapes[top].shape[1:], np.float32)
+                   for top in self.tops]
+        for item, (file_index, row) in enumerate(places):
+            arrays = self._data(file_index)
+            for output, top in zip(outputs, self.tops):
+                output[item] = arrays[top][row]
+        return tuple(outputs)
+
+
+def _describe(trailing):
+    return ", ".join(f"{top} {shape}" for top, shape in trailing.items())
+
+
+# --- HDF5Output ----------------------------------------------------------------------------
+
+@register("HDF5Output")
+class HDF5Output(CaffeLayer):
+    """Writes its two bottoms to datasets "data" and "label" of hdf5_output_param.file_name.
+
+    Caffe writes one batch per file (a second forward fails on the existing dataset); here
+    every forward appends its rows, so a run of N batches leaves N * batch rows. The file is
+    created (truncated) at the first forward. Nothing flows backward (Caffe's Backward is empty).
+    """
+
+    no_grad_bottoms = (0, 1)
+    dataset_names = ("data", "label")     # HDF5_DATA_DATASET_NAME, HDF5_DATA_LABEL_NAME
+
+    def __init__(self, layer, rng=None):
+        super().__init__(layer, rng)
+        self.file_name = self.param.hdf5_output_param.file_name
+        self._created = False
+
+    def forward(self, *bottoms):
+        arrays = [b.detach().to("cpu", torch.float32).numpy() for b in bottoms]
+        try:
+            with h5py.File(self.file_name, "a" if self._created else "w") as handle:
+                for name, array in zip(self.dataset_names, arrays):
+                    self._append(handle, name, array)
+        except OSError as error:
+            raise CompileError(f"cannot write HDF5 file {self.file_name}: {error}",
+                               *_location(self.layer)) from None
+        self._created = True
+        return ()
+
+    @staticmethod
+    def _append(handle, name, array):
+        if name not in handle:
+            handle.create_dataset(name, data=array, maxshape=(None,) + array.shape[1:],
+                                  chunks=True)
+            return
+        dataset = handle[name]
+        start = dataset.shape[0]
+        dataset.resize(start + array.shape[0], axis=0)
+        dataset[start:] = array
+
+
+# --- ImageData -----------------------------------------------------------------------------
+
+class _OrderedRecords:
+    """Caffe's walk through n records: start after rand_skip, wrap at the end, and (shuffle)
+    visit each pass in a fresh seeded permutation (ShuffleImages at setup and at each wrap)."""
+
+    def __init__(self, count, seed, shuffle, rand_skip, where):
+        self.count = count
+        self.seed = seed
+        self.shuffle = shuffle
+        self.skip = 0
+        if rand_skip:
+            # Caffe: skip = caffe_rng_rand() % rand_skip, checked against the list length.
+            self.skip = int(prefetch.batch_rng(seed, _SKIP).integers(rand_skip))
+            if self.skip >= count:
+                raise CompileError(f"rand_skip drew {self.skip} but there are only {count} "
+                                   "records", *where, hint="not enough records to skip")
+        self._orders = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def index(self, position):
+        """The record index at `position` (0 = the first record delivered)."""
+        epoch, offset = divmod(self.skip + position, self.count)
+        if not self.shuffle:
+            return offset
+        return int(self._order(epoch)[offset])
+
+    def _order(self, epoch):
+        with self._lock:
+            if epoch not in self._orders:
+                self._orders[epoch] = prefetch.batch_rng(self.seed, _SHUFFLE, epoch) \
+                    .permutation(self.count)
+                while len(self._orders) > 3:
+                    self._orders.popitem(last=False)
+            return self._orders[epoch]
+
+
+@register("ImageData")
+class ImageData(DataLayer):
+    """Images of a "path label" list file: root_folder + path, decoded (is_color), warped to
+    new_height x new_width or scaled up to min_height x min_width (the LRCN fork), then
+    transformed; tops data (batch, C, H, W) and label (batch,)."""
+
+    def __init__(self, layer, rng=None):
+        super().__init__(layer, rng)
+        param = self.param.image_data_param
+        file, line, col = self._where()
+        data_shapes.check_image_data(self.param)
+        self.settings = param
+        self.list_file = self._source(param.source, "image list file")
+        self.lines = data_sources.read_image_list(self.list_file)
+        self.order = _OrderedRecords(len(self.lines), self.seed, param.shuffle, param.rand_skip,
+                                     (self.list_file, None))
+        self.transformer = DataTransformer(self.param.transform_param, self.phase, file,
+                                           (file, line, col))
+
+    def _read(self, position):
+        """(list entry, decoded image) at a position; unreadable entries are skipped (under
+        skip_bad_records) in favour of the next readable one."""
+        param = self.settings
+        for attempt in range(len(self.lines)):
+            index = self.order.index(position + attempt)
+            if self.bad_records.is_known(index):
+                continue
+            entry = self.lines[index]
+            where = (self.list_file, entry.line)
+            try:
+                path = data_sources.listed_image_path(param.root_folder, entry.name,
+                                                      _naming_file(self.layer), *where)
+                return entry, read_image(path, param.new_height, param.new_width,
+                                         param.is_color, param.min_height, param.min_width,
+                                         where)
+            except CompileError as error:
+                self.bad_records.record(index, error)
+        raise CompileError(f"no image of {self.list_file} can be read", self.list_file)
+
+    def _read_top_shapes(self):
+        # DataLayerSetUp: the first image to be delivered, through the transformer's shape.
+        _, image = self._read(0)
+        height, width, channels = image.shape
+        shape = (self.settings.batch_size,) + self.transformer.output_shape(channels, height,
+                                                                            width)
+        return [shape, (self.settings.batch_size,)][:len(self.layer.tops)]
+
+    def load_batch(self, index):
+        rng = prefetch.batch_rng(self.seed, _BATCH, index)
+        size = self.settings.batch_size
+        images, labels = [], np.empty(size, np.float32)
+        for item in range(size):
+            entry, image = self._read(index * size + item)
+            where = (self.list_file, entry.line)
+            data = self.transformer(image, rng, "HWC", where)
+            if images:
+                self._check_batch_shape(images[0].shape, data, f"image {entry.name}", where)
+            images.append(data)
+            labels[item] = entry.label
+        return (np.stack(images), labels)[:len(self.layer.tops)]
+
+
+# --- Data (LMDB / LevelDB) -----------------------------------------------------------------
+
+class _Database:
+    """Read access to the records of a Caffe database, in key order."""
+
+    def __init__(self, path, backend):
+        self.path = path
+        self.backend = backend
+        if backend == data_sources.LEVELDB:
+            self._db = data_sources.open_leveldb(path)
+            self.keys = list(self._db.iterator(include_value=False))
+        else:
+            self._db = data_sources.open_lmdb(path)
+            with self._db.begin() as txn:
+                self.keys = list(txn.cursor().iternext(keys=True, values=False))
+        if not self.keys:
+            raise CompileError(f"database {path} holds no records", path)
+
+    def values(self, keys):
+        """The values of `keys` (one read transaction)."""
+        if self.backend == data_sources.LEVELDB:
+            return [self._db.get(key) for key in keys]
+        with self._db.begin() as txn:
+            return [txn.get(key) for key in keys]
+
+
+@register("Data")
+class Data(DataLayer):
+    """Datum records of an LMDB (or a LevelDB, with plyvel), in key order, wrapping at the end:
+    raw uint8 / float Datums or encoded images (decoded natively, or as colour / gray with
+    force_color / force_gray); tops data and label."""
+
+    def __init__(self, layer, rng=None):
+        super().__init__(layer, rng)
+        param = self.param.data_param
+        file, line, col = self._where()
+        data_shapes.check_data(self.param)
+        self.batch_size = param.batch_size
+        self.database = _Database(self._source(param.source, "database"), param.backend)
+        self.order = _OrderedRecords(len(self.database.keys), self.seed, False, param.rand_skip,
+                                     (self.database.path, None))
+        self.color = data_shapes.encoded_color(self.param)
+        self.transformer = DataTransformer(self.param.transform_param, self.phase, file,
+                                           (file, line, col))
+
+    def _datum_array(self, key, value):
+        where = (self.database.path, None)
+        if value is None:
+            raise CompileError(f"record {key!r} of {self.database.path} vanished", *where)
+        datum = data_sources.parse_datum(value, where, key)
+        if datum.encoded:
+            return datum, decode_image(bytes(datum.data), self.color, where), "HWC"
+        dims = data_sources.datum_dims(datum, None, where, key)
+        if datum.data:
+            return datum, np.frombuffer(datum.data, np.uint8).reshape(dims), "CHW"
+        return datum, np.asarray(datum.float_data, np.float32).reshape(dims), "CHW"
+
+    def _read(self, position):
+        for attempt in range(len(self.database.keys)):
+            index = self.order.index(position + attempt)
+            if self.bad_records.is_known(index):
+                continue
+            key = self.database.keys[index]
+            try:
+                return self._datum_array(key, self.database.values([key])[0])
+            except CompileError as error:
+                self.bad_records.record(index, error)
+        raise CompileError(f"no record of {self.database.path} can be read",
+                           self.database.path)
+
+    def _read_top_shapes(self):
+        _, array, layout = self._read(0)
+        channels, height, width = array.shape if layout == "CHW" else \
+            (array.shape[2],) + array.shape[:2]
+        shape = (self.batch_size,) + self.transformer.output_shape(channels, height, width)
+        return [shape, (self.batch_size,)][:len(self.layer.tops)]
+
+    def load_batch(self, index):
+        rng = prefetch.batch_rng(self.seed, _BATCH, index)
+        where = (self.database.path, None)
+        arrays, labels = [], np.empty(self.batch_size, np.float32)
+        for item in range(self.batch_size):
+            datum, array, layout = self._read(index * self.batch_size + item)
+            data = self.transformer(array, rng, layout, where)
+            if arrays:
+                self._check_batch_shape(arrays[0].shape, data, "a record", where)
+            arrays.append(data)
+            labels[item] = datum.label
+        return (np.stack(arrays), labels)[:len(self.layer.tops)]
+
+
+# --- DummyData -----------------------------------------------------------------------------
+
+@register("DummyData")
+class DummyData(CaffeLayer):
+    """Tops filled by data_filler (one for all tops, or one per top; none: constant 0).
+    Constant fillers fill once; the others refill at every forward (DummyDataLayer)."""
+
+    def __init__(self, layer, rng=None):
+        super().__init__(layer, rng)
+        param = self.param.dummy_data_param
+        self.shapes = data_shapes.dummy_shapes(self.param)
+        fillers = list(param.data_filler)
+        if not fillers:
+            from lrcn_proto import caffe_pb2
+            fillers = [caffe_pb2.FillerParameter(type="constant", value=0)]
+        self.fillers = fillers
+        self.refill = [filler.type != "constant" for filler in fillers]
+        self._constant = {}
+        for index, shape in enumerate(self.shapes):
+            filler_index = self._filler_index(index)
+            if not self.refill[filler_index]:
+                self._constant[index] = self._fill(shape, filler_index)
+
+    def _filler_index(self, top_index):
+        return top_index if len(self.fillers) > 1 else 0
+
+    def _fill(self, shape, filler_index):
+        return fill_(torch.zeros(shape), self.fillers[filler_index], self.rng)
+
+    def forward(self):
+        tops = []
+        for index, shape in enumerate(self.shapes):
+            if index in self._constant:
+                # A copy: a later in-place layer must not change the constant for next time.
+                tops.append(self._constant[index].clone())
+            else:
+                tops.append(self._fill(shape, self._filler_index(index)))
+        return tuple(tops)
+
+    def top_shapes(self):
+        return list(self.shapes)
+
+
+# --- MemoryData ----------------------------------------------------------------------------
+
+@register("MemoryData")
+class MemoryData(CaffeLayer):
+    """Batches of arrays handed in from Python with `set_input_arrays(data, labels)` (pycaffe's
+    Net.set_input_arrays), in order, wrapping at the end. Like Caffe's Reset(), the arrays are
+    not transformed."""
+
+    def __init__(self, layer, rng=None):
+        super().__init__(layer, rng)
+        param = self.param.memory_data_param
+        self.shapes = data_shapes.memory_data_shapes(self.param, [], ShapeContext()).top_shapes
+        self.batch_size = param.batch_size
+        self.sample_shape = (param.channels, param.height, param.width)
+        if self.param.HasField("transform_param"):
+            log.warning("MemoryData layer '%s' does not transform array data", layer.name)
+        self._data = self._labels = None
+        self._position = 0
+
+    def set_input_arrays(self, data, labels):
+        """data: N x channels x height x width; labels: N (or N x 1 x 1 x 1); N a multiple of
+        batch_size. The arrays are copied as float32."""
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        labels = np.ascontiguousarray(labels, dtype=np.float32)
+        if data.ndim != 4 or data.shape[1:] != self.sample_shape:
+            raise ValueError(f"MemoryData layer '{self.layer.name}': data must be N x "
+                             f"{' x '.join(map(str, self.sample_shape))}, got {data.shape}")
+        if labels.ndim not in (1, 4) or labels.shape[1:] not in ((), (1, 1, 1)):
+            raise ValueError(f"MemoryData layer '{self.layer.name}': labels must be N or "
+                             f"N x 1 x 1 x 1, got {labels.shape}")
+        if data.shape[0] != labels.shape[0]:
+            raise ValueError("data and labels must have the same first dimension")
+        if data.shape[0] == 0 or data.shape[0] % self.batch_size:
+            raise ValueError(f"the first dimension of the arrays ({data.shape[0]}) must be a "
+                             f"positive multiple of batch_size ({self.batch_size})")
+        self._data, self._labels = data, labels.reshape(-1)
+        self._position = 0
+
+    def resume_state(self):
+        return {"position": self._position}
+
+    def restore_state(self, state):
+        self._position = int(state["position"])
+
+    def forward(self):
+        if self._data is None:
+            raise CompileError(f"MemoryData layer '{self.layer.name}' has no data",
+                               *_location(self.layer),
+                               hint="call set_input_arrays(data, labels) on it (pycaffe: "
+                                    "net.set_input_arrays) before forward")
+        start, stop = self._position, self._position + self.batch_size
+        self._position = stop % self._data.shape[0]
+        return (torch.from_numpy(self._data[start:stop].copy()),
+                torch.from_numpy(self._labels[start:stop].copy()))
+
+    def top_shapes(self):
+        return [tuple(s) for s in self.shapes]
