@@ -1,0 +1,353 @@
+"""Caffe's recurrent layers: LSTM, RNN and LSTMUnit.
+
+Semantics follow BVLC Caffe's unrolled nets (recurrent_layer.cpp, lstm_layer.cpp, rnn_layer.cpp)
+and lstm_unit_layer.cpp; see shared/reference/LRCN_REFERENCE.md section 1. Everything is
+time-major: x is (T, N, ...), cont is (T, N) with 0 marking the first step of a new sequence.
+
+LSTM gate pre-activations are packed [i | f | o | g] along 4H:
+    a_t = W_hc (cont_t * h_{t-1}) + W_xc x_t + b_c (+ W_xc_static x_static)
+    c_t = cont_t * sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g);   h_t = sigmoid(o) * tanh(c_t)
+
+State across calls (no expose_hidden): each forward starts from the previous call's h_T, c_T
+(detached: truncated BPTT at batch boundaries, as Caffe); `reset_state()` forgets it, and so
+does a change of N. With expose_hidden the states come in as bottoms (h0, c0) and go out as
+tops (hT, cT), and neither carries a gradient (Caffe shares their data, never their diff).
+
+Speed. The default ("plain") LSTM path projects the inputs of all T steps with one matmul (the
+static term once more, broadcast over T) and runs the recurrence in `_LSTMScan`, an
+autograd.Function whose step is one addmm plus in-place gate math, and whose backward does the
+BPTT step by step but the W_hc gradient as ONE matmul over all steps at the end.
+
+Fused path (opt-in): set `LSTM.fused = True` (class-wide or per layer instance) or the
+environment variable LRCN_FUSED_LSTM=1 before import. It runs torch's own fused LSTM
+(torch._VF.lstm: oneDNN on CPU, cuDNN on CUDA) whenever it computes the same thing: cont is
+exactly 1 for every step after the first (cont_0 is folded into the initial state, so a batch
+of fresh sequences or a continued one both qualify). The test is one reduction over cont per
+call; otherwise the call falls back to the plain path. Caffe's [i, f, o, g] blocks become
+torch's [i, f, g, o] (blocks 0, 1, 3, 2); b_c is the input bias (the hidden bias is zero); a
+static input is appended to every step's input with W_xc_static appended to W_xc, which costs T
+static projections instead of one. On CUDA cuDNN's RNN may use TF32 unless
+torch.backends.cudnn.allow_tf32 is False, so the two paths then agree only to ~1e-3.
+"""
+
+import os
+import warnings
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from runtime.layers.base import CaffeLayer
+from runtime.layers.registry import register
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+# ---------------------------------------------------------------------------------------------
+# LSTM math
+
+
+def lstm_unit(a, c_prev, cont):
+    """One LSTMUnit step (lstm_unit_layer.cpp), differentiable by autograd.
+
+    a: (..., 4H) gate pre-activations [i | f | o | g]; c_prev: (..., H); cont broadcastable to
+    c_prev. Returns (c, h). cont scales the forget gate, so cont = 0 drops c_prev entirely.
+    """
+    i, f, o, g = a.chunk(4, dim=-1)
+    i, f, o, g = torch.sigmoid(i), torch.sigmoid(f) * cont, torch.sigmoid(o), torch.tanh(g)
+    c = f * c_prev + i * g
+    return c, o * torch.tanh(c)
+
+
+class _LSTMScan(torch.autograd.Function):
+    """The LSTM recurrence over precomputed input gates, with a hand-written BPTT.
+
+    forward(gx (T, N, 4H), cont (T, N), W_hc (4H, H), h0 (N, H), c0 (N, H)) -> (h (T, N, H), c_T)
+    Autograd of a per-step loop would build ~10 nodes per step and sum T separate (4H, H) weight
+    gradients; here the step is one addmm plus in-place gate math, and dW_hc is one matmul.
+    """
+
+    @staticmethod
+    def forward(ctx, gx, cont, W_hc, h0, c0):
+        T, N, H4 = gx.shape
+        H = H4 // 4
+        ct = cont.to(gx.dtype).unsqueeze(2)            # (T, N, 1): broadcasts over units
+        gates = torch.empty_like(gx)                    # sigmoid(i, f, o), tanh(g); f sans cont
+        h_conted = gx.new_empty(T, N, H)                # cont_t * h_{t-1}: the W_hc operand
+        cells = gx.new_empty(T + 1, N, H)               # [0]: initial c; [t + 1]: c_t
+        tanh_c = gx.new_empty(T, N, H)
+        h = gx.new_empty(T, N, H)
+        cells[0] = c0
+        h_prev = h0
+        W_t = W_hc.t()
+        for t in range(T):
+            torch.mul(h_prev, ct[t], out=h_conted[t])
+            a = torch.addmm(gx[t], h_conted[t], W_t, out=gates[t])
+            a[:, :3 * H].sigmoid_()
+            a[:, 3 * H:].tanh_()
+            i, f, o, g = a.split(H, dim=1)
+            c = torch.mul(f, ct[t], out=cells[t + 1])   # cont * f ...
+            c.mul_(cells[t]).addcmul_(i, g)             # ... * c_{t-1} + i * g
+            torch.tanh(c, out=tanh_c[t])
+            h_prev = torch.mul(o, tanh_c[t], out=h[t])
+        ctx.save_for_backward(gates, h_conted, cells, tanh_c, ct, W_hc)
+        return h, cells[T].clone()
+
+    @staticmethod
+    @once_differentiable      # the backward is hand-written: refuse double backward loudly
+    def backward(ctx, dh_out, dc_T):
+        gates, h_conted, cells, tanh_c, ct, W_hc = ctx.saved_tensors
+        T, N, H4 = gates.shape
+        H = H4 // 4
+        d_gates = torch.empty_like(gates)
+        dc = dc_T.clone() if dc_T is not None else gates.new_zeros(N, H)
+        dh_next = None
+        need_h0 = ctx.needs_input_grad[3]
+        for t in reversed(range(T)):
+            i, f, o, g = gates[t].split(H, dim=1)
+            tc = tanh_c[t]
+            dh = dh_out[t] if dh_next is None else dh_out[t] + dh_next
+            # Total gradient reaching c_t: from c_{t+1} (already in dc) and through h_t.
+            dc = dc + dh * o * (1 - tc * tc)
+            d = d_gates[t]
+            di, df, do, dg = d.split(H, dim=1)
+            torch.mul(dc, g, out=di)
+            torch.mul(dc, cells[t] * ct[t], out=df)     # dc_t/dsigmoid(f) = cont * c_{t-1}
+            torch.mul(dh, tc, out=do)
+            torch.mul(dc, i, out=dg)
+            s = gates[t, :, :3 * H]                      # through the activations
+            d[:, :3 * H].mul_(s * (1 - s))
+            dg.mul_(1 - g * g)
+            dc = dc * f * ct[t]
+            if t > 0 or need_h0:                         # dh_{-1} is only wanted for h0
+                dh_next = torch.mm(d, W_hc).mul_(ct[t])
+        d_W = torch.mm(d_gates.view(T * N, H4).t(), h_conted.view(T * N, H))
+        return (d_gates, None, d_W,
+                dh_next if need_h0 else None,
+                dc if ctx.needs_input_grad[4] else None)
+
+
+_TORCH_GATE_BLOCKS = [0, 1, 3, 2]   # Caffe [i, f, o, g] -> torch [i, f, g, o]
+
+
+def to_torch_gate_order(blob):
+    """Reorder a (4H, ...) Caffe gate blob into torch.nn.LSTM's [i, f, g, o] packing."""
+    return blob.unflatten(0, (4, -1))[_TORCH_GATE_BLOCKS].flatten(0, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared plumbing of LSTM and RNN
+
+
+class _Recurrent(CaffeLayer):
+    """Bottom/top layout, shape checks and carried state common to Caffe's recurrent layers."""
+
+    state_names = ()      # ("h",) or ("h", "c"): the recurrent blobs, in Caffe's bottom order
+    gates = 1             # blocks of H per input projection (LSTM: 4)
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        rp = layer.param.recurrent_param
+        if rp.num_output <= 0:
+            raise ValueError(f"{layer.type} layer {layer.name!r}: "
+                             "recurrent_param.num_output must be positive")
+        self.H = rp.num_output
+        self.expose_hidden = rp.expose_hidden
+        n_exposed = len(self.state_names) if self.expose_hidden else 0
+        # Caffe: a bottom beyond x, cont (and the exposed states) is the static input.
+        self.static_input = len(layer.bottoms) > 2 + n_exposed
+        x_shape = layer.bottom_shapes[0] if layer.bottom_shapes else None
+        self.T = x_shape[0] if x_shape else None     # fixed at setup; N may change
+        first_state = 2 + int(self.static_input)
+        self.no_grad_bottoms = (1,) + tuple(range(first_state, first_state + n_exposed))
+        for name in self.state_names:
+            self.register_buffer(f"{name}_carry", None, persistent=False)
+
+    def add_blobs(self, fillers):
+        """Create the blobs from layer.param_shapes (Caffe order) with one filler each."""
+        shapes = self.layer.param_shapes
+        if len(shapes) != len(fillers):
+            raise ValueError(f"{self.layer.type} layer {self.layer.name!r}: expected "
+                             f"{len(fillers)} param shapes, got {len(shapes)}")
+        for shape, filler in zip(shapes, fillers):
+            self.add_blob(shape, filler)
+
+    def split_bottoms(self, bottoms):
+        """(x, cont, x_static or None, exposed states or None), with Caffe's shape checks."""
+        x, cont = bottoms[0], bottoms[1]
+        if x.dim() < 2:
+            raise ValueError(f"{self.layer.name}: x must be (T, N, ...), got {tuple(x.shape)}")
+        T, N = x.shape[:2]
+        if self.T is not None and T != self.T:
+            raise ValueError(f"{self.layer.name}: the number of timesteps is fixed at {self.T} "
+                             f"(Caffe cannot change T after setup); got {T}")
+        if tuple(cont.shape) != (T, N):
+            raise ValueError(f"{self.layer.name}: cont must be (T, N) = {(T, N)}, "
+                             f"got {tuple(cont.shape)}")
+        x_static = bottoms[2] if self.static_input else None
+        if x_static is not None and x_static.shape[0] != N:
+            raise ValueError(f"{self.layer.name}: x_static must have N = {N} rows")
+        states = None
+        if self.expose_hidden:
+            states = [s.detach() for s in bottoms[2 + int(self.static_input):]]
+            for name, s in zip(self.state_names, states):
+                if tuple(s.shape) != (1, N, self.H):
+                    raise ValueError(f"{self.layer.name}: {name}0 must be (1, N, H) = "
+                                     f"{(1, N, self.H)}, got {tuple(s.shape)}")
+        # Caffe's cont is a float blob; it never carries a gradient.
+        return x, cont.detach().to(x.dtype), x_static, states
+
+    def carried_states(self, N, like):
+        """The previous call's final states, or zeros (first call, after reset, N changed)."""
+        carried = [getattr(self, f"{name}_carry") for name in self.state_names]
+        if any(s is None or s.shape[1] != N for s in carried):
+            return [like.new_zeros(1, N, self.H) for _ in self.state_names]
+        return [s.to(like) for s in carried]
+
+    def finish(self, output, final_states):
+        """Keep or expose the final states (never differentiable); build the top tuple."""
+        # Clones: a state must not alias `output`, which later layers may modify in place.
+        final_states = [s.detach().clone() for s in final_states]
+        if self.expose_hidden:
+            return (output, *final_states)
+        for name, s in zip(self.state_names, final_states):
+            setattr(self, f"{name}_carry", s)
+        return (output,)
+
+    def reset_state(self):
+        for name in self.state_names:
+            setattr(self, f"{name}_carry", None)
+
+    def input_projection(self, x, x_static, W_x, b, W_static):
+        """W_x x_t + b for all T steps in one matmul, plus W_static x_static (once, broadcast)."""
+        T, N = x.shape[:2]
+        projected = torch.addmm(b, x.reshape(T * N, -1), W_x.t()).view(T, N, -1)
+        if x_static is not None:
+            # In place is safe: addmm's backward needs its inputs, not its output.
+            projected.add_(torch.mm(x_static.reshape(N, -1), W_static.t()))
+        return projected
+
+
+# ---------------------------------------------------------------------------------------------
+# Units
+
+
+@register("LSTM")
+class LSTM(_Recurrent):
+    """Caffe's LSTM layer. Blobs W_xc (4H, D), b_c (4H,), [W_xc_static (4H, Ds)], W_hc (4H, H).
+
+    Bottoms x, cont, [x_static], [h0, c0]; tops h (T, N, H), [hT, cT].
+    `fused` (class or instance attribute) opts into torch's fused LSTM where it is exact.
+    """
+
+    state_names = ("h", "c")
+    fused = _env_flag("LRCN_FUSED_LSTM")
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        rp = layer.param.recurrent_param
+        w, b = rp.weight_filler, rp.bias_filler
+        self.add_blobs([w, b, w, w] if self.static_input else [w, b, w])
+
+    def forward(self, *bottoms):
+        x, cont, x_static, states = self.split_bottoms(bottoms)
+        h0, c0 = states if states is not None else self.carried_states(x.shape[1], x)
+        if self.fused_applies(cont):
+            h, h_T, c_T = self.forward_fused(x, cont, x_static, h0, c0)
+        else:
+            h, h_T, c_T = self.forward_plain(x, cont, x_static, h0, c0)
+        return self.finish(h, (h_T, c_T))
+
+    def weights(self):
+        """(W_xc, b_c, W_xc_static or None, W_hc), read from self.blobs at call time."""
+        if self.static_input:
+            return tuple(self.blobs)
+        W_xc, b_c, W_hc = self.blobs
+        return W_xc, b_c, None, W_hc
+
+    def fused_applies(self, cont):
+        # One reduction on cont's device; the bool() is the one host sync it costs.
+        return bool(self.fused) and bool((cont[1:] == 1).all())
+
+    def forward_plain(self, x, cont, x_static, h0, c0):
+        W_xc, b_c, W_static, W_hc = self.weights()
+        gx = self.input_projection(x, x_static, W_xc, b_c, W_static)
+        h, c_T = _LSTMScan.apply(gx, cont, W_hc, h0[0], c0[0])
+        return h, h[-1:], c_T.unsqueeze(0)
+
+    def forward_fused(self, x, cont, x_static, h0, c0):
+        W_xc, b_c, W_static, W_hc = self.weights()
+        T, N = x.shape[:2]
+        inputs, W_in = x.reshape(T, N, -1), W_xc
+        if x_static is not None:
+            # torch's LSTM has no per-sample bias slot: feed x_static as extra input columns.
+            inputs = torch.cat([inputs, x_static.reshape(1, N, -1).expand(T, N, -1)], dim=2)
+            W_in = torch.cat([W_xc, W_static], dim=1)
+        # cont_0 scales both h_{-1} (before W_hc) and c_{-1} (with f): fold it into the state.
+        keep = cont[0].view(1, N, 1)
+        params = [to_torch_gate_order(W_in), to_torch_gate_order(W_hc),
+                  to_torch_gate_order(b_c), torch.zeros_like(b_c)]
+        with warnings.catch_warnings():
+            # cuDNN copies non-flattened weights each call; they are rebuilt each call anyway.
+            warnings.filterwarnings("ignore", message=".*contiguous chunk of memory.*")
+            h, h_T, c_T = torch._VF.lstm(inputs.contiguous(), (h0 * keep, c0 * keep), params,
+                                         True, 1, 0.0, torch.is_grad_enabled(), False, False)
+        return h, h_T, c_T
+
+
+@register("RNN")
+class RNN(_Recurrent):
+    """Caffe's RNN layer. Blobs W_xh (H, D), b_h (H,), [W_xh_static (H, Ds)], W_hh (H, H),
+    W_ho (H, H), b_o (H,).
+
+    h_t = tanh(W_hh (cont_t * h_{t-1}) + W_xh x_t + b_h (+ W_xh_static x_static));
+    o_t = tanh(W_ho h_t + b_o). Bottoms x, cont, [x_static], [h0]; tops o (T, N, H), [hT].
+    """
+
+    state_names = ("h",)
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        rp = layer.param.recurrent_param
+        w, b = rp.weight_filler, rp.bias_filler
+        self.add_blobs([w, b, w, w, w, b] if self.static_input else [w, b, w, w, b])
+
+    def weights(self):
+        """(W_xh, b_h, W_xh_static or None, W_hh, W_ho, b_o)."""
+        if self.static_input:
+            return tuple(self.blobs)
+        W_xh, b_h, W_hh, W_ho, b_o = self.blobs
+        return W_xh, b_h, None, W_hh, W_ho, b_o
+
+    def forward(self, *bottoms):
+        x, cont, x_static, states = self.split_bottoms(bottoms)
+        (h0,) = states if states is not None else self.carried_states(x.shape[1], x)
+        W_xh, b_h, W_static, W_hh, W_ho, b_o = self.weights()
+        T, N = x.shape[:2]
+        gx = self.input_projection(x, x_static, W_xh, b_h, W_static)
+        h, hs, W_t = h0[0], [], W_hh.t()
+        for t in range(T):
+            h = torch.tanh(torch.addmm(gx[t], h * cont[t].unsqueeze(1), W_t))
+            hs.append(h)
+        hs = torch.stack(hs)
+        # The output layer is not recurrent: all T steps in one matmul.
+        o = torch.tanh(torch.addmm(b_o, hs.view(T * N, -1), W_ho.t())).view(T, N, -1)
+        return self.finish(o, (hs[-1:],))
+
+
+@register("LSTMUnit")
+class LSTMUnit(CaffeLayer):
+    """Caffe's LSTMUnit: bottoms c_prev (1, N, H), x (1, N, 4H) gate pre-activations
+    [i | f | o | g], cont (1, N); tops c, h (1, N, H). No blobs; cont gets no gradient."""
+
+    no_grad_bottoms = (2,)
+
+    def forward(self, c_prev, x, cont):
+        if c_prev.dim() != 3 or c_prev.shape[0] != 1 or x.shape[:2] != c_prev.shape[:2] \
+                or x.shape[2] != 4 * c_prev.shape[2] or tuple(cont.shape) != c_prev.shape[:2]:
+            raise ValueError(f"{self.layer.name}: LSTMUnit wants c_prev (1, N, H), x (1, N, 4H),"
+                             f" cont (1, N); got {tuple(c_prev.shape)}, {tuple(x.shape)}, "
+                             f"{tuple(cont.shape)}")
+        c, h = lstm_unit(x, c_prev, cont.detach().to(x.dtype).unsqueeze(2))
+        return c, h
