@@ -592,6 +592,9 @@ def generate(captioner, items, args):
     for start in range(0, len(items), args.batch_size):
         batch = items[start:start + args.batch_size]
         features = captioner.image_features(captioner.load_images([i.path for i in batch]))
+        if args.blind:
+            # The blind baseline: the same model, told nothing about the image.
+            features = torch.zeros_like(features)
         captions.extend(caption_batch(captioner, features, args, generator))
     return captions
 
@@ -684,6 +687,8 @@ def build_parser():
     parser.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER|LIST",
                         help="images, folders of images, COCO JSON files or list files")
     add_model_arguments(parser)
+    parser.add_argument("--blind", action="store_true",
+                        help="zero the image features: the blind baseline of the same model")
     decoding = parser.add_argument_group("decoding (greedy unless --beam or --temperature)")
     decoding.add_argument("--beam", type=int, metavar="K",
                           help="beam search of width K (summed log-prob, no length "

@@ -548,3 +548,11 @@ def test_cli_errors_are_one_clear_message(snapshot, capsys, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("missing_image.png 0\n")
     assert "missing_image.png" in error_of(common_args(snapshot) + [str(listing)], capsys)
+
+
+def test_cli_blind_baseline_gives_every_image_the_same_caption(snapshot, capsys):
+    status, out, err = run_main(generate.main, common_args(snapshot) + TEST_IMAGES[:3]
+                                + ["--max-length", "10", "--blind"], capsys)
+    assert status == 0, err
+    captions = [line.split("\t", 1)[1] for line in out.splitlines()]
+    assert len(captions) == 3 and len(set(captions)) == 1
