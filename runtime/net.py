@@ -132,7 +132,7 @@ class Net(nn.Module):
         self.rng = torch.Generator()
         self.rng.manual_seed(1701 if seed is None else int(seed))
         self.compiled = self._compile(net, phase, stages, level, dict(input_shapes or {}))
-        self.phase = phase
+        self.phase = self.compiled.phase     # a given CompiledNet keeps the phase it has
         self.units = nn.ModuleList(self._build_unit(layer) for layer in self.compiled.layers)
         self.layer_names = [layer.name for layer in self.compiled.layers]
         # Caffe allows a repeated layer name (e.g. two data layers); the compiler's `key` is
