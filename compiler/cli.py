@@ -27,6 +27,20 @@ class ToolParser(argparse.ArgumentParser):
                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def input_shape_argument(text):
+    """'data=10,3,227,227' -> ('data', (10, 3, 227, 227)): the type of --input-shape options."""
+    blob, equals, dims = text.partition("=")
+    try:
+        shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
+    except ValueError:
+        shape = None
+    if not equals or not blob or shape is None or any(d <= 0 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"expected BLOB=D1,D2,... with positive whole numbers, e.g. data=1,3,227,227; "
+            f"got {text!r}")
+    return blob, shape
+
+
 def run_tool(body, argv):
     """Run a tool's body; user errors become one message on stderr and exit status 1."""
     try:

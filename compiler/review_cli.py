@@ -14,26 +14,13 @@ import os
 import sys
 
 from . import review
-from .cli import ToolParser, run_tool, write_atomically
+from .cli import ToolParser, input_shape_argument, run_tool, write_atomically
 from .errors import CompileError
 from .schema import load_file, load_text
 from .textformat import decode_source
 
 
 # --- options every tool shares ----------------------------------------------------------------
-
-def input_shape_argument(text):
-    """'data=10,3,227,227' -> ('data', (10, 3, 227, 227)) for --input-shape."""
-    blob, equals, dims = text.partition("=")
-    try:
-        shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
-    except ValueError:
-        shape = None
-    if not equals or not blob or shape is None or any(d < 0 for d in shape):
-        raise argparse.ArgumentTypeError(
-            f"expected BLOB=D1,D2,... with whole numbers, e.g. data=10,3,227,227; got {text!r}")
-    return blob, shape
-
 
 def add_net_options(parser, phase_default="TRAIN"):
     parser.add_argument("--phase", type=str.upper, choices=("TRAIN", "TEST"),

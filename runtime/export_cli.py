@@ -7,23 +7,8 @@ usage (argparse).
 
 import sys
 
-from compiler.cli import ToolParser, run_tool
+from compiler.cli import ToolParser, input_shape_argument, run_tool
 from compiler.errors import CompileError
-
-
-def input_shape_argument(text):
-    """'data=10,3,227,227' -> ('data', (10, 3, 227, 227))."""
-    import argparse
-    blob, equals, dims = text.partition("=")
-    try:
-        shape = tuple(int(d) for d in dims.split(",")) if dims.strip() else ()
-    except ValueError:
-        shape = None
-    if not equals or not blob or shape is None or any(d <= 0 for d in shape):
-        raise argparse.ArgumentTypeError(
-            f"expected BLOB=D1,D2,... with positive whole numbers, e.g. data=1,3,227,227; "
-            f"got {text!r}")
-    return blob, shape
 
 
 def _exporter():
