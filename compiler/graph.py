@@ -90,6 +90,12 @@ _CONVOLUTION_TYPES = ("Convolution", "Deconvolution")
 _UNCONSTRAINED_TYPES = ("Python",)
 
 
+def declare_blob_counts(type_name, min_bottoms, max_bottoms, min_tops, max_tops):
+    """Blob counts of a layer type defined outside compiler/ (a plugin's shape-rule module
+    calls this next to its @shape_rule). None as a maximum: no upper limit."""
+    BLOB_COUNTS[type_name] = BlobCounts(min_bottoms, max_bottoms, min_tops, max_tops)
+
+
 def blob_counts(layer):
     """The BlobCounts Caffe enforces for `layer`, or None when its type sets no limits."""
     if layer.type in _CONVOLUTION_TYPES:

@@ -121,8 +121,12 @@ def _train(argv):
                 log(f"Finetuning from {path}")
                 solver.net.copy_from(path)
         _watch(solver, log)
-        _install_signal_handlers(solver, log)
-        _run_with_progress(solver, log, args.snapshot, show=not args.no_progress)
+        previous = _install_signal_handlers(solver, log)
+        try:
+            _run_with_progress(solver, log, args.snapshot, show=not args.no_progress)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     finally:
         log.close()
     return 0
@@ -152,7 +156,8 @@ def _watch(solver, log):
 
 
 def _install_signal_handlers(solver, log):
-    """SIGINT: snapshot and stop (a second one aborts). SIGHUP: snapshot and go on."""
+    """SIGINT: snapshot and stop (a second one aborts). SIGHUP: snapshot and go on.
+    Returns the handlers it replaced."""
     def on_interrupt(signum, frame):
         if solver.requested_action == "stop":
             raise KeyboardInterrupt
@@ -162,9 +167,10 @@ def _install_signal_handlers(solver, log):
     def on_hangup(signum, frame):
         log("SIGHUP: snapshotting after this iteration and continuing")
         solver.requested_action = "snapshot"
-    signal.signal(signal.SIGINT, on_interrupt)
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, on_interrupt)}
     if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, on_hangup)
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
+    return previous
 
 
 def _run_with_progress(solver, log, resume, show):
@@ -229,17 +235,19 @@ def _test(argv):
     args = parser.parse_args(argv)
     log = CaffeLog("caffe.py")
     net = _open_net(args, parser, log)
-    totals = {}
+    net.zero_inputs()
+    totals, loss = {}, 0.0
     with torch.no_grad():
         for batch in range(args.iterations):
             outputs = net.run()
+            loss += outputs.loss.item()
             for name in net.outputs:
                 values = outputs[name].reshape(-1).double().cpu()
                 for k, value in enumerate(values.tolist()):
                     log(f"Batch {batch}, {name} = {value:.6g}")
                 previous = totals.get(name)
                 totals[name] = values if previous is None else previous + values
-            log(f"Batch {batch}, loss = {float(outputs['loss']):.6g}")
+    log(f"Loss: {loss / args.iterations:.6g}")
     weights = {top: w for layer in net.compiled.layers
                for top, w in zip(layer.top_names, layer.loss_weights) if w}
     for name, total in totals.items():
@@ -264,6 +272,7 @@ def _time(argv):
     args = parser.parse_args(argv)
     log = CaffeLog("caffe.py")
     net = _open_net(args, parser, log)
+    net.zero_inputs()
     from runtime.timing import time_layers
     table = time_layers(net, args.iterations, log)
     print(table)

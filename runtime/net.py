@@ -1,8 +1,9 @@
 """runtime.Net: a compiled Caffe net as a torch.nn.Module with pycaffe's surface.
 
 Two ways to drive it:
-- torch-native: `outputs = net(data=tensor, ...)` returns a dict of tensors (the net's outputs
-  and "loss", the sum of loss_weight x top over loss tops) ready for `outputs["loss"].backward()`;
+- torch-native: `outputs = net(data=tensor, ...)` returns the net's output blobs as a dict of
+  tensors, with the objective (the sum of loss_weight x top over loss tops) as `outputs.loss`,
+  ready for `outputs.loss.backward()` (an attribute, so a blob named "loss" keeps its own value);
 - pycaffe-style: `net.blobs["data"].data[...] = array; net.forward(); net.backward()`, with
   `net.blobs[name].data / .diff` and `net.params[layer][i].data / .diff` as numpy arrays.
 
@@ -24,6 +25,15 @@ import compiler
 from compiler.errors import CompileError
 from runtime import weights as weight_files
 from runtime.layers.registry import unit_for
+
+
+class Outputs(dict):
+    """The output blobs of one forward pass by name, plus `.loss`: the weighted objective
+    (zero when the net has no loss)."""
+
+    def __init__(self, blobs, loss):
+        super().__init__(blobs)
+        self.loss = loss
 
 
 @dataclass
@@ -266,7 +276,7 @@ class Net(nn.Module):
         return {name: self._blob_data(name) for name in names}
 
     def run(self, tensors=None, keep_all=False, retain_grads=False):
-        """Run every layer once. Returns {output: tensor} plus "loss" (0 when no loss top)."""
+        """Run every layer once. Returns Outputs: {output blob: tensor} and `.loss`."""
         tensors = dict(tensors or {})
         missing = [name for name in self.inputs if name not in tensors
                    and name not in self._input_buffers]
@@ -290,6 +300,9 @@ class Net(nn.Module):
                 tops = unit(*bottoms)
                 if not layer.bottoms:   # data layers produce CPU tensors
                     tops = tuple(self._as_device_tensor(t) for t in tops)
+                    if self.force_backward:
+                        tops = tuple(t.detach().requires_grad_(t.is_floating_point())
+                                     for t in tops)
             for top, value, weight in zip(layer.tops, tops, layer.loss_weights):
                 if retain_grads and value.requires_grad:
                     value.retain_grad()
@@ -302,9 +315,9 @@ class Net(nn.Module):
                     values.pop(blob, None)
         self._values = values
         self._last_loss = loss
-        outputs = {name: values[self.compiled.latest.get(name, name)] for name in self.outputs}
-        outputs["loss"] = loss if loss is not None else torch.zeros((), device=self._device)
-        return outputs
+        return Outputs({name: values[self.compiled.latest.get(name, name)]
+                        for name in self.outputs},
+                       loss if loss is not None else torch.zeros((), device=self._device))
 
     @staticmethod
     def _cut_gradients(layer, unit, bottoms):
@@ -326,9 +339,15 @@ class Net(nn.Module):
     def forward_backward(self, tensors=None):
         """One training pass for the solver: run, backpropagate the loss, return the outputs."""
         outputs = self.run(tensors)
-        if outputs["loss"].requires_grad:
-            outputs["loss"].backward()
+        if outputs.loss.requires_grad:
+            outputs.loss.backward()
         return outputs
+
+    def zero_inputs(self):
+        """Feed zeros of the compiled shapes to every input not fed yet (what `caffe test` and
+        `caffe time` run a deploy net on)."""
+        for name in self.inputs:
+            self._input_tensor(name)
 
     def reset_state(self):
         """Forget the state recurrent layers carry between forward calls."""

@@ -151,7 +151,7 @@ class Solver:
         if self.param.display and self.iter % self.param.display == 0:
             with torch.no_grad():
                 outputs = self.net.run()
-            self._update_smoothed_loss(outputs["loss"].item(), start_iter)
+            self._update_smoothed_loss(outputs.loss.item(), start_iter)
             self.log(f"Iteration {self.iter}, loss = {_fmt(self._smoothed_loss)}")
         if self.param.test_interval and self.iter % self.param.test_interval == 0:
             self.test_all()
@@ -176,7 +176,7 @@ class Solver:
             loss = 0.0
             for _ in range(param.iter_size):
                 outputs = self.net.forward_backward()
-                loss += outputs["loss"].item()
+                loss += outputs.loss.item()
             loss /= param.iter_size
             self.last_outputs = outputs
             self._update_smoothed_loss(loss, start_iter)
@@ -259,7 +259,7 @@ class Solver:
         with torch.no_grad():
             for _ in range(iterations):
                 outputs = net.run()
-                loss += outputs["loss"].item()
+                loss += outputs.loss.item()
                 values = [(name, outputs[name].reshape(-1).double().cpu())
                           for name in net.outputs]
                 if sums is None:

@@ -22,6 +22,11 @@ def time_layers(net, iterations, log=print):
     backward = {name: 0.0 for name in net.layer_names}
     started = {}
     handles = []
+    # A module's full backward hook fires once its input gradients are ready; for a layer
+    # whose inputs need none (the first layer) that is before its weight gradient is
+    # computed. Inputs that need a gradient during timing make every layer's hook fire after
+    # its whole backward (at the small cost of the first layer's input gradient).
+    force_backward, net.force_backward = net.force_backward, True
     for name, unit in zip(net.layer_names, net.units):
         handles.append(unit.register_forward_pre_hook(_mark(started, ("f", name), device)))
         handles.append(unit.register_forward_hook(_add(started, ("f", name), forward, name,
@@ -41,6 +46,7 @@ def time_layers(net, iterations, log=print):
         _synchronize(device)
         total = time.perf_counter() - total_start
     finally:
+        net.force_backward = force_backward
         for handle in handles:
             handle.remove()
     log("Average time per layer: ")
@@ -67,8 +73,12 @@ def time_layers(net, iterations, log=print):
 
 def _pass(net):
     outputs = net.run()
-    loss = outputs["loss"]
-    if loss.requires_grad:
+    loss = outputs.loss
+    if not loss.requires_grad:
+        # A deploy net has no loss: time the backward of every output's sum, as Caffe's
+        # `caffe time` runs Backward() on any net.
+        loss = sum(v.sum() for v in outputs.values() if v.requires_grad)
+    if torch.is_tensor(loss) and loss.requires_grad:
         loss.backward()
     for parameter in net.parameters():
         parameter.grad = None

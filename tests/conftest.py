@@ -4,6 +4,7 @@ import os
 import sys
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
@@ -16,3 +17,15 @@ def corpus_dir():
     if not os.path.isdir(CORPUS):
         pytest.skip("../shared/corpus is not present (a user's clone has none)")
     return os.path.abspath(CORPUS)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_intra_op_thread():
+    """Run torch on one thread. The nets under test are small: on a two-core machine two
+    OpenMP threads mostly spin-wait for each other (a small net's iteration went from ~1 ms to
+    ~70 ms on a loaded machine), and one thread makes float results independent of the
+    machine's core count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

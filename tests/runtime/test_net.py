@@ -76,8 +76,10 @@ def test_torch_native_call_matches_pycaffe_forward(tiny):
     x, y = inputs()
     pycaffe = net.forward(data=x, label=y)
     native = net(data=torch.from_numpy(x), label=torch.from_numpy(y))
+    # The objective is .loss (loss_weight 1 here, so equal to the "loss" blob).
+    assert native.loss.item() == pytest.approx(float(pycaffe["loss"]))
     assert native["loss"].item() == pytest.approx(float(pycaffe["loss"]))
-    native["loss"].backward()
+    native.loss.backward()
     assert net.units[1].blobs[0].grad is not None
 
 

@@ -176,7 +176,7 @@ def test_clipping_is_logged_when_it_clips(problem):
 
 def losses_of(solver, iterations):
     seen = []
-    solver.callbacks.append(lambda s, outputs: seen.append(outputs["loss"].item()))
+    solver.callbacks.append(lambda s, outputs: seen.append(outputs.loss.item()))
     solver.step(iterations)
     return seen
 
