@@ -89,7 +89,7 @@ def test_shared_param_is_one_tensor_counted_once(tiny):
     names = [p.name for p in net.learnable_params()]
     assert names == ["conv/0", "conv/1", "w", "ip/1"]
     net.params["ip"][0].data[...] = 0.5      # pycaffe-style write through the shared view
-    assert float(net.layer("ip_again").blobs[0][0, 0]) == 0.5
+    assert net.layer("ip_again").blobs[0][0, 0].item() == 0.5
 
 
 def test_caffemodel_round_trip_is_bit_for_bit(tiny, tmp_path):
