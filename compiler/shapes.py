@@ -80,11 +80,15 @@ def _load_rule_modules():
 
 
 def load_plugins(group):
-    """Import every module registered under an entry-point group (they register on import)."""
+    """Import every module registered under an entry-point group (they register on import).
+
+    A plugin that fails to import is reported once and left out: nets that do not use its
+    layer types still work, and one that does gets the usual unknown-type error."""
+    import warnings
     from importlib.metadata import entry_points
     for entry in entry_points(group=group):
         try:
             entry.load()
-        except ImportError as error:
-            raise CompileError(f"cannot load layer plugin '{entry.name}' ({entry.value}): "
-                               f"{error}") from None
+        except Exception as error:   # a plugin's own bug must not break every other net
+            warnings.warn(f"layer plugin '{entry.name}' ({entry.value}) was not loaded: "
+                          f"{error}", RuntimeWarning, stacklevel=2)
