@@ -175,3 +175,26 @@ def test_packed_wire_bytes():
     assert caffe_pb2.BlobProto(data=[1.0]).SerializeToString() == b"\x2a\x04\x00\x00\x80\x3f"
     # A parser must also accept the unpacked encoding (field 1, varint).
     assert list(caffe_pb2.BlobShape.FromString(b"\x08\x02\x08\x03").dim) == [2, 3]
+
+
+# --------------------------------------------------------------------------
+# (d) this project's own VideoData layer (tasks/activity/video_layer.py)
+
+def test_video_data_param_is_the_projects_own_field():
+    descriptor = field("LayerParameter", "video_data_param")
+    assert descriptor.number == 1000
+    assert descriptor.message_type.full_name == "lrcn_caffe.VideoDataParameter"
+    numbers = [f.number for f in descriptor.containing_type.fields]
+    assert numbers.count(1000) == 1
+    defaults = caffe_pb2.VideoDataParameter()
+    assert (defaults.clip_length, defaults.clips_per_batch, defaults.test_stride) == (16, 1, 8)
+    assert defaults.shuffle is True and defaults.is_flow is False
+    assert (defaults.new_height, defaults.new_width, defaults.root_folder) == (0, 0, "")
+    layer = text_format.Parse(
+        'name: "data" type: "VideoData" top: "data" '
+        'video_data_param { source: "list.txt" clip_length: 4 clips_per_batch: 3 is_flow: true }',
+        caffe_pb2.LayerParameter())
+    back = caffe_pb2.LayerParameter.FromString(layer.SerializeToString())
+    assert back.video_data_param.clip_length == 4
+    assert back.video_data_param.clips_per_batch == 3
+    assert back.video_data_param.is_flow

@@ -108,8 +108,9 @@ def output_size(layer, size):
     return crop, crop
 
 
-# No bottoms; exactly three tops: data, label, clip_markers.
-declare_blob_counts(LAYER_TYPE, 0, 0, 3, 3)
+# No bottoms; tops data, then optionally label and clip_markers (the single-frame net reads
+# clips of one frame and leaves clip_markers out).
+declare_blob_counts(LAYER_TYPE, 0, 0, 1, 3)
 
 
 @shape_rule(LAYER_TYPE)
