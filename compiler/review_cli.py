@@ -8,7 +8,6 @@ diff driver) it always exits 0, because git stops the whole `git diff` at a non-
 `python -m compiler.review_cli show|diff|draw ARGS...` runs the same tools without installing.
 """
 
-import argparse
 import difflib
 import os
 import sys

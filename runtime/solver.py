@@ -323,15 +323,8 @@ class Solver:
 
     def restore(self, state_file):
         """Resume from a .solverstate (Caffe's or ours); bit-identical with the .lrcn sidecar."""
-        state = caffe_pb2.SolverState()
-        try:
-            with open(state_file, "rb") as handle:
-                state.ParseFromString(handle.read())
-        except OSError as error:
-            raise CompileError(f"cannot read solver state: {error.strerror}", state_file) \
-                from None
-        except Exception:
-            raise CompileError("not a Caffe .solverstate file", state_file) from None
+        state = weight_files.read_binary_message(state_file, caffe_pb2.SolverState(),
+                                                 ".solverstate")
         self.iter = state.iter
         if state.learned_net:
             learned = state.learned_net

@@ -60,23 +60,28 @@ def shapes_match(source_blob, target_shape):
     return blob_shape(source_blob) == padded
 
 
-def read_net_file(path):
-    """A binary .caffemodel -> NetParameter (one clear error for a missing or corrupt file)."""
+def read_binary_message(path, message, what):
+    """Parse a binary protobuf file into `message`: one clear error naming the file when it is
+    missing or is not that kind of file (a text .prototxt given by mistake is recognised)."""
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as error:
-        raise CompileError(f"cannot read weights: {error.strerror}", str(path)) from None
-    net = caffe_pb2.NetParameter()
+        raise CompileError(f"cannot read {what}: {error.strerror}", str(path)) from None
     try:
-        net.ParseFromString(data)
+        message.ParseFromString(data)
     except DecodeError:
         hint = None
         if data.lstrip()[:5] in (b"name:", b"layer"):
-            hint = "this looks like a text .prototxt net definition, not binary weights"
-        raise CompileError("not a Caffe .caffemodel file (binary NetParameter expected)",
-                           str(path), hint=hint) from None
-    return net
+            hint = "this looks like a text .prototxt net definition, not a binary file"
+        raise CompileError(f"not a Caffe {what} file (binary {type(message).__name__} "
+                           "expected)", str(path), hint=hint) from None
+    return message
+
+
+def read_net_file(path):
+    """A binary .caffemodel -> NetParameter."""
+    return read_binary_message(path, caffe_pb2.NetParameter(), ".caffemodel")
 
 
 def layers_with_blobs(net):
@@ -87,16 +92,7 @@ def layers_with_blobs(net):
 
 def read_blob_file(path):
     """A .binaryproto (one BlobProto, e.g. a mean image) -> numpy array."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as error:
-        raise CompileError(f"cannot read blob file: {error.strerror}", str(path)) from None
-    blob = caffe_pb2.BlobProto()
-    try:
-        blob.ParseFromString(data)
-    except DecodeError:
-        raise CompileError("not a Caffe .binaryproto blob file", str(path)) from None
+    blob = read_binary_message(path, caffe_pb2.BlobProto(), ".binaryproto")
     return blob_to_array(blob, str(path))
 
 
