@@ -248,8 +248,7 @@ def _test(argv):
                 previous = totals.get(name)
                 totals[name] = values if previous is None else previous + values
     log(f"Loss: {loss / args.iterations:.6g}")
-    weights = {top: w for layer in net.compiled.layers
-               for top, w in zip(layer.top_names, layer.loss_weights) if w}
+    weights = net.output_loss_weights()
     for name, total in totals.items():
         for value in (total / args.iterations).tolist():
             suffix = (f" (* {weights[name]:.6g} = {weights[name] * value:.6g} loss)"

@@ -167,6 +167,7 @@ class Net(nn.Module):
 
     def _compile(self, net, phase, stages, level, input_shapes):
         self.force_backward = False
+        self._prebuilt = {}     # data units built early to learn their top shapes
         if isinstance(net, compiler.CompiledNet):
             compiled = net
         else:
@@ -180,7 +181,6 @@ class Net(nn.Module):
             if unknown:
                 # Data layers whose shapes only their source knows (Python layers, files the
                 # compiler does not open) report them once built; then compile again.
-                self._prebuilt = {}
                 for layer in unknown:
                     unit = self._instantiate(layer)
                     self._prebuilt[layer.key] = unit
@@ -214,7 +214,7 @@ class Net(nn.Module):
         return unit_class(layer, self.rng)
 
     def _build_unit(self, layer):
-        prebuilt = getattr(self, "_prebuilt", {}).pop(layer.key, None)
+        prebuilt = self._prebuilt.pop(layer.key, None)
         if prebuilt is not None:
             prebuilt.layer = layer
             return prebuilt
@@ -222,11 +222,9 @@ class Net(nn.Module):
 
     def _share_parameters(self):
         """Make every sharer of a `param { name }` use its owner's tensor (Caffe's AppendParam)."""
-        self._owners = {}
-        for key, members in self.compiled.share_groups.items():
+        for members in self.compiled.share_groups.values():
             owner_layer, owner_index = members[0]
             owner = self._unit_by_name[owner_layer].blobs[owner_index]
-            self._owners[key] = (owner_layer, owner_index)
             for layer_name, index in members[1:]:
                 self._unit_by_name[layer_name].blobs[index] = owner
 
@@ -404,24 +402,28 @@ class Net(nn.Module):
         learnable_params_)."""
         found, seen = [], set()
         for layer, unit in zip(self.compiled.layers, self.units):
-            for index, (tensor, spec) in enumerate(zip(unit.blobs, layer.param_specs)):
+            for tensor, spec, key in zip(unit.blobs, layer.param_specs, layer.share_keys):
                 if id(tensor) in seen:
                     continue
                 seen.add(id(tensor))
-                name = spec.name or f"{layer.name}/{index}"
-                found.append(LearnableParam(name, tensor, spec.lr_mult, spec.decay_mult))
+                found.append(LearnableParam(key, tensor, spec.lr_mult, spec.decay_mult))
         return found
 
-    def _latest_values(self):
-        return {name: self._values[version] for name, version in self.compiled.latest.items()
-                if version in self._values}
+    def output_loss_weights(self):
+        """{top name: loss_weight} for every top that counts towards the objective."""
+        return {top: weight for layer in self.compiled.layers
+                for top, weight in zip(layer.top_names, layer.loss_weights) if weight}
+
+    def _latest_value(self, name):
+        """The last computed version of blob `name`, or None before a forward pass."""
+        return self._values.get(self.compiled.latest.get(name, name))
 
     def _blob_data(self, name):
         if name in self.inputs:
             # The buffer pycaffe scripts write into before forward().
             self._input_tensor(name)
             return self._input_buffers[name]
-        value = self._latest_values().get(name)
+        value = self._latest_value(name)
         if value is None:
             shape = self.compiled.blobs.get(self.compiled.latest.get(name, name))
             if shape is None:
@@ -430,7 +432,7 @@ class Net(nn.Module):
         return value.detach().cpu().numpy()
 
     def _blob_diff(self, name):
-        value = self._latest_values().get(name)
+        value = self._latest_value(name)
         if value is None or value.grad is None:
             shape = self.compiled.blobs.get(self.compiled.latest.get(name, name))
             return np.zeros(shape or (), dtype=np.float32)

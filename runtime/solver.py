@@ -280,7 +280,7 @@ class Solver:
         self._log_scores(which, net, values)
 
     def _log_scores(self, which, net, values):
-        weights = _output_loss_weights(net)
+        weights = net.output_loss_weights()
         index = 0
         for name, vector in values.items():
             for value in vector.tolist():
@@ -387,15 +387,6 @@ def _add_diffs(net_proto, net):
         for blob, parameter in zip(message.blobs, unit.blobs):
             if parameter.grad is not None:
                 blob.diff.extend(parameter.grad.detach().cpu().reshape(-1).tolist())
-
-
-def _output_loss_weights(net):
-    weights = {}
-    for layer in net.compiled.layers:
-        for top, weight in zip(layer.top_names, layer.loss_weights):
-            if weight:
-                weights[top] = weight
-    return weights
 
 
 def _load_solver(solver):
