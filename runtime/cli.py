@@ -236,21 +236,17 @@ def _test(argv):
     log = CaffeLog("caffe.py")
     net = _open_net(args, parser, log)
     net.zero_inputs()
-    totals, loss = {}, 0.0
-    with torch.no_grad():
-        for batch in range(args.iterations):
-            outputs = net.run()
-            loss += outputs.loss.item()
-            for name in net.outputs:
-                values = outputs[name].reshape(-1).double().cpu()
-                for k, value in enumerate(values.tolist()):
-                    log(f"Batch {batch}, {name} = {value:.6g}")
-                previous = totals.get(name)
-                totals[name] = values if previous is None else previous + values
-    log(f"Loss: {loss / args.iterations:.6g}")
+    from runtime.solver import mean_outputs
+
+    def log_batch(batch, values):
+        for name, vector in values.items():
+            for value in vector.tolist():
+                log(f"Batch {batch}, {name} = {value:.6g}")
+    means, loss = mean_outputs(net, args.iterations, log_batch)
+    log(f"Loss: {loss:.6g}")
     weights = net.output_loss_weights()
-    for name, total in totals.items():
-        for value in (total / args.iterations).tolist():
+    for name, mean in means.items():
+        for value in mean.tolist():
             suffix = (f" (* {weights[name]:.6g} = {weights[name] * value:.6g} loss)"
                       if name in weights else "")
             log(f"{name} = {value:.6g}{suffix}")

@@ -255,29 +255,15 @@ class Solver:
         net = self.test_nets[index]
         iterations = self.param.test_iter[index]
         self.log(f"Iteration {self.iter}, Testing net (#{index})")
-        sums, loss = None, 0.0
-        with torch.no_grad():
-            for _ in range(iterations):
-                outputs = net.run()
-                loss += outputs.loss.item()
-                values = [(name, outputs[name].reshape(-1).double().cpu())
-                          for name in net.outputs]
-                if sums is None:
-                    sums = values
-                else:
-                    sums = [(name, total + value) for (name, total), (_, value)
-                            in zip(sums, values)]
+        means, loss = mean_outputs(net, iterations)
         if self.param.test_compute_loss:
-            self.log(f"Test loss: {_fmt(loss / iterations)}")
-        means = {name: (total / iterations) for name, total in (sums or [])}
+            self.log(f"Test loss: {_fmt(loss)}")
         self._log_scores("Test", net, means)
         return {name: value.tolist() if value.numel() > 1 else float(value)
                 for name, value in means.items()}
 
     def _log_outputs(self, which, net, outputs):
-        values = {name: outputs[name].detach().reshape(-1).double().cpu()
-                  for name in net.outputs}
-        self._log_scores(which, net, values)
+        self._log_scores(which, net, _flat_outputs(net, outputs))
 
     def _log_scores(self, which, net, values):
         weights = net.output_loss_weights()
@@ -362,6 +348,28 @@ class Solver:
         torch.set_rng_state(state["torch_rng"])
         for net, net_state in zip([self.net] + self.test_nets, state["nets"]):
             restore_net_random_state(net, net_state)
+
+
+def _flat_outputs(net, outputs):
+    """{output name: its values as a flat float64 CPU vector}, in the net's output order."""
+    return {name: outputs[name].detach().reshape(-1).double().cpu() for name in net.outputs}
+
+
+def mean_outputs(net, iterations, on_batch=None):
+    """Caffe's test scoring: run `iterations` forward passes without gradients and return
+    ({output name: mean flat vector}, mean objective). on_batch(batch, flat outputs) sees
+    each pass (lrcn-test logs them)."""
+    totals, loss = {}, 0.0
+    with torch.no_grad():
+        for batch in range(iterations):
+            outputs = net.run()
+            loss += outputs.loss.item()
+            values = _flat_outputs(net, outputs)
+            if on_batch is not None:
+                on_batch(batch, values)
+            for name, vector in values.items():
+                totals[name] = vector if name not in totals else totals[name] + vector
+    return {name: total / iterations for name, total in totals.items()}, loss / iterations
 
 
 def net_random_state(net):
