@@ -423,22 +423,22 @@ def _attach_comments(root, comments):
 
 
 def _collect_anchors(block, anchors):
-    order = len(anchors)
+    """Every position a comment can attach to, in document order; the order index breaks ties
+    between anchors at the same (line, col)."""
+    def add(line, col, kind, target):
+        anchors.append((line, col, len(anchors), kind, target))
+
     for item in block.fields:
-        anchors.append((item.line, item.col, order, "start", item))
-        order += 1
+        add(item.line, item.col, "start", item)
         if item.kind == "message":
             inner = item.value
-            anchors.append((inner.open_line, inner.open_col, order, "open", inner))
+            add(inner.open_line, inner.open_col, "open", inner)
             _collect_anchors(inner, anchors)
-            order = len(anchors)
-            anchors.append((inner.close_line, inner.close_col, order, "close", inner))
-            anchors.append((inner.close_line, inner.close_col + 1, order + 1, "end", item))
-        elif item.kind == "list":
-            for element in item.value:
-                if isinstance(element, Block):
-                    _collect_anchors(element, anchors)
-            anchors.append((item.end_line, item.end_col, len(anchors), "end", item))
+            add(inner.close_line, inner.close_col, "close", inner)
+            add(inner.close_line, inner.close_col + 1, "end", item)
         else:
-            anchors.append((item.end_line, item.end_col, order, "end", item))
-        order = len(anchors)
+            if item.kind == "list":
+                for element in item.value:
+                    if isinstance(element, Block):
+                        _collect_anchors(element, anchors)
+            add(item.end_line, item.end_col, "end", item)
