@@ -8,9 +8,9 @@ import argparse
 import difflib
 import os
 import sys
-import tempfile
 
 from .errors import CompileError
+from .files import write_text_atomically
 from .formatter import format_document
 from .graph import compile_net
 from .netstate import candidate_states, describe_state, net_state, solver_net_states
@@ -56,21 +56,9 @@ def run_tool(body, argv):
 
 
 def write_atomically(path, text):
-    """Replace a file's contents so a crash leaves either the old or the new file, never half."""
-    directory = os.path.dirname(os.path.abspath(path))
-    mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644
-    handle, temporary = tempfile.mkstemp(prefix=".lrcn-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temporary, mode)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    """Replace a file's contents so a crash leaves either the old or the new file, never half;
+    the file keeps its mode, and a symbolic link stays a link to the rewritten file."""
+    write_text_atomically(path, text)
 
 
 # --- lrcn-check ------------------------------------------------------------------------------

@@ -12,31 +12,46 @@ import signal
 import sys
 import time
 
-import torch
-
-from compiler.cli import ToolParser, run_tool
-from compiler.errors import CompileError
+# Only the standard library at module level: the console scripts import this module before
+# train_main can catch a Ctrl-C, and torch takes seconds to import (see _run_quietly).
 
 
 class CaffeLog:
     """Writes glog-style lines to stderr (through tqdm while a bar is shown) and scalars to an
-    optional CSV file and TensorBoard run."""
+    optional CSV file and TensorBoard run, which open_outputs() opens once training starts (a
+    run that fails to start leaves the files as they were)."""
+
+    CSV_HEADER = ["iteration", "phase", "name", "value"]
 
     def __init__(self, source="solver.py", csv_path=None, tensorboard_dir=None):
         self.source = source
         self.bar = None
+        self.csv_path, self.tensorboard_dir = csv_path, tensorboard_dir
         self.csv_file = self.csv_writer = self.board = None
-        if csv_path:
-            self.csv_file = open(csv_path, "w", newline="", encoding="utf-8")
-            self.csv_writer = csv.writer(self.csv_file)
-            self.csv_writer.writerow(["iteration", "phase", "name", "value"])
         if tensorboard_dir:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                import tensorboard  # noqa: F401  (checked now: a missing package fails early)
             except ImportError:
+                from compiler.errors import CompileError
                 raise CompileError("--tensorboard needs the tensorboard package",
                                    hint="pip install tensorboard") from None
-            self.board = SummaryWriter(tensorboard_dir)
+
+    def open_outputs(self, append=False):
+        """Open the CSV file (appending when a run resumes) and the TensorBoard writer."""
+        if self.csv_path:
+            try:
+                self.csv_file = open(self.csv_path, "a" if append else "w", newline="",
+                                     encoding="utf-8")
+            except OSError as error:
+                from compiler.errors import CompileError
+                raise CompileError(f"cannot write the CSV log: {error.strerror}",
+                                   self.csv_path) from None
+            self.csv_writer = csv.writer(self.csv_file)
+            if self.csv_file.tell() == 0:
+                self.csv_writer.writerow(self.CSV_HEADER)
+        if self.tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+            self.board = SummaryWriter(self.tensorboard_dir)
 
     def __call__(self, message):
         now = datetime.datetime.now()
@@ -64,6 +79,8 @@ def _device(gpu, log):
     """--gpu ID|all -> a torch device; None keeps the solver's solver_mode."""
     if gpu is None:
         return None
+    import torch
+    from compiler.errors import CompileError
     if not torch.cuda.is_available():
         log(f"--gpu {gpu} asked for but no CUDA device is available: running on CPU")
         return torch.device("cpu")
@@ -85,7 +102,20 @@ def _stages(values):
 
 # --- lrcn-train ------------------------------------------------------------------------------
 
+def _python_path_argument(parser):
+    parser.add_argument("--python-path", action="append", metavar="DIR", default=[],
+                        help="also import Python layer modules from DIR (repeatable); use only "
+                             "for code you trust (by default only sys.path / PYTHONPATH)")
+
+
+def _allow_python_paths(directories):
+    from runtime.python_layer import allow_python_path
+    for directory in directories:
+        allow_python_path(directory)
+
+
 def _train(argv):
+    from compiler.cli import ToolParser
     parser = ToolParser("lrcn-train", "Train a net with a Caffe solver file (like `caffe train`).",
                         "lrcn-train solvers/caption_solver.prototxt\n"
                         "lrcn-train --solver=solvers/caption_solver.prototxt --weights=init.caffemodel\n"
@@ -100,15 +130,17 @@ def _train(argv):
     parser.add_argument("--stage", action="append", help="extra net stage (repeatable; "
                         "or comma-separated)")
     parser.add_argument("--log-csv", metavar="FILE", help="also write every logged scalar to "
-                        "a CSV file (iteration, phase, name, value)")
+                        "a CSV file (iteration, phase, name, value); appended to on --snapshot")
     parser.add_argument("--tensorboard", metavar="DIR", help="also log scalars to TensorBoard")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _python_path_argument(parser)
     args = parser.parse_args(argv)
     solver_file = args.solver or args.solver_file
     if not solver_file:
         parser.error("give the solver file: lrcn-train SOLVER (or --solver=SOLVER)")
     if args.weights and args.snapshot:
         parser.error("give either --weights or --snapshot, not both (as Caffe)")
+    _allow_python_paths(args.python_path)
     from runtime.solver import Solver   # imported here so --help stays fast
     log = CaffeLog(csv_path=args.log_csv, tensorboard_dir=args.tensorboard)
     try:
@@ -120,10 +152,13 @@ def _train(argv):
             for path in args.weights.split(","):
                 log(f"Finetuning from {path}")
                 solver.net.copy_from(path)
+        if args.snapshot:
+            solver.restore(args.snapshot)
+        log.open_outputs(append=bool(args.snapshot))
         _watch(solver, log)
         previous = _install_signal_handlers(solver, log)
         try:
-            _run_with_progress(solver, log, args.snapshot, show=not args.no_progress)
+            _run_with_progress(solver, log, show=not args.no_progress)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -156,24 +191,33 @@ def _watch(solver, log):
 
 
 def _install_signal_handlers(solver, log):
-    """SIGINT: snapshot and stop (a second one aborts). SIGHUP: snapshot and go on.
-    Returns the handlers it replaced."""
-    def on_interrupt(signum, frame):
-        if solver.requested_action == "stop":
+    """SIGINT / SIGTERM: snapshot and stop after this iteration; a second one stops at once
+    (KeyboardInterrupt: an unfinished snapshot leaves the last complete set, see
+    compiler.files). SIGHUP: snapshot and go on. Returns the handlers it replaced."""
+    stopping = []
+
+    def on_stop(signum, frame):
+        name = signal.Signals(signum).name
+        if stopping:
+            log(f"{name} again: stopping now, without finishing the iteration or snapshot")
             raise KeyboardInterrupt
-        log("SIGINT: snapshotting and stopping after this iteration (press again to abort)")
+        stopping.append(signum)
+        log(f"{name}: snapshotting and stopping after this iteration (send it again to stop "
+            "at once)")
         solver.requested_action = "stop"
 
     def on_hangup(signum, frame):
         log("SIGHUP: snapshotting after this iteration and continuing")
-        solver.requested_action = "snapshot"
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, on_interrupt)}
+        if solver.requested_action != "stop":
+            solver.requested_action = "snapshot"
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop)}
     if hasattr(signal, "SIGHUP"):
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     return previous
 
 
-def _run_with_progress(solver, log, resume, show):
+def _run_with_progress(solver, log, show):
     if show and sys.stderr.isatty():
         from tqdm import tqdm
         start = solver.iter
@@ -187,7 +231,7 @@ def _run_with_progress(solver, log, resume, show):
         solver.callbacks.append(advance)
     started = time.perf_counter()
     try:
-        solver.solve(resume)
+        solver.solve()
     finally:
         if log.bar is not None:
             log.bar.close()
@@ -195,8 +239,19 @@ def _run_with_progress(solver, log, resume, show):
     log(f"Training took {time.perf_counter() - started:.1f} s")
 
 
+def _run_quietly(body, argv):
+    """compiler.cli.run_tool, with a Ctrl-C while the heavy modules import (start-up) also
+    ending in exit status 130 and no traceback."""
+    try:
+        from compiler.cli import run_tool
+        return run_tool(body, argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
 def train_main(argv=None):
-    sys.exit(run_tool(_train, argv))
+    sys.exit(_run_quietly(_train, argv))
 
 
 # --- lrcn-test -------------------------------------------------------------------------------
@@ -211,10 +266,12 @@ def _net_arguments(parser, default_phase):
     parser.add_argument("--stage", action="append")
     parser.add_argument("--level", type=int, default=0)
     parser.add_argument("--gpu", help="CUDA device number")
+    _python_path_argument(parser)
 
 
 def _open_net(args, parser, log):
     from runtime.net import Net
+    _allow_python_paths(args.python_path)
     path = args.model or args.net
     if not path:
         parser.error("give the net file: NET (or --model=NET)")
@@ -227,6 +284,7 @@ def _open_net(args, parser, log):
 
 
 def _test(argv):
+    from compiler.cli import ToolParser
     parser = ToolParser("lrcn-test", "Score a net: mean of every output over N forward passes "
                         "(like `caffe test`).",
                         "lrcn-test nets/lrcn_caption.prototxt --weights runs/caption_iter_1500.caffemodel "
@@ -254,12 +312,13 @@ def _test(argv):
 
 
 def test_main(argv=None):
-    sys.exit(run_tool(_test, argv))
+    sys.exit(_run_quietly(_test, argv))
 
 
 # --- lrcn-time -------------------------------------------------------------------------------
 
 def _time(argv):
+    from compiler.cli import ToolParser
     parser = ToolParser("lrcn-time", "Per-layer forward and backward times (like `caffe time`).",
                         "lrcn-time nets/lrcn_caption.prototxt --iterations 10")
     _net_arguments(parser, "TRAIN")
@@ -275,4 +334,4 @@ def _time(argv):
 
 
 def time_main(argv=None):
-    sys.exit(run_tool(_time, argv))
+    sys.exit(_run_quietly(_time, argv))

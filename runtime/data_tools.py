@@ -25,6 +25,7 @@ import numpy as np
 from compiler import data_sources
 from compiler.cli import ToolParser, run_tool
 from compiler.errors import CompileError
+from compiler.files import write_bytes_atomically
 from lrcn_proto import caffe_pb2
 from runtime.transform import decode_image, read_image
 
@@ -303,22 +304,6 @@ def mean_blob(mean):
     blob = caffe_pb2.BlobProto(num=1, channels=channels, height=height, width=width)
     blob.data.extend(mean.astype(np.float32).ravel().tolist())
     return blob
-
-
-def write_bytes_atomically(path, payload):
-    directory = os.path.dirname(os.path.abspath(path))
-    partial = os.path.join(directory, f".{os.path.basename(path)}.partial-{os.getpid()}")
-    try:
-        with open(partial, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(partial, path)
-    except OSError as error:
-        raise CompileError(f"cannot write {path}: {error.strerror}", path) from None
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
 
 
 def _compute_mean_body(argv):

@@ -1,7 +1,11 @@
 """Caffe's Python layers: `type: "Python"` with `python_param { module layer param_str }`.
 
-The module is imported from the Python path (PYTHONPATH, as Caffe does) or, failing that, from
-the directory of the net file naming it. The class is built with the LayerParameter, given
+Trust model: the module is imported from the Python path only (sys.path / PYTHONPATH), as
+Caffe does. A net file, or the folder it sits in, never makes code run by itself: the
+directories a user names with `allow_python_path(directory)` (lrcn-train / lrcn-test /
+lrcn-time --python-path DIR) are searched too, before sys.path and only while the module is
+imported (they are not left on sys.path). The tools that only read nets (lrcn-check, lrcn-fmt,
+lrcn-show, lrcn-diff, lrcn-draw) never import a layer module. The class is built with the LayerParameter, given
 `param_str` and `phase` (0 = TRAIN, 1 = TEST, pycaffe's caffe.TRAIN / caffe.TEST), then driven
 through pycaffe's API: setup(bottom, top) once, reshape(bottom, top) before every forward,
 forward(bottom, top), backward(top, propagate_down, bottom). Blobs are `Blob` objects with
@@ -13,10 +17,13 @@ numpy `.data` / `.diff`.
   bottom gradients, on the data it saw in that forward.
 - `share_in_parallel` has no effect (one process, one instance per net).
 - Python layers cannot hold learnable blobs here (pycaffe's `self.blobs`).
+- A snapshot keeps a Python layer's own state only when its class defines resume_state()
+  (returning dicts, lists, numbers, strings and numpy arrays) and restore_state(state).
 - `import caffe` in a user module finds a small shim (runtime/caffe_shim) when no real pycaffe
   is installed, or always with LRCN_CAFFE_SHIM=1.
 """
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -100,22 +107,55 @@ class Blob:
         self.diff = np.zeros_like(array)
 
 
+_allowed_directories = []
+
+
+def allow_python_path(directory):
+    """Let Python layer modules be imported from `directory` as well (the user trusts its code)."""
+    directory = os.path.abspath(directory)
+    if directory not in _allowed_directories:
+        _allowed_directories.append(directory)
+
+
+@contextlib.contextmanager
+def _searching(directories):
+    """sys.path with `directories` first, for the duration of one import only."""
+    added = [d for d in directories if d not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for directory in added:
+            if directory in sys.path:
+                sys.path.remove(directory)
+
+
+def _not_found_hint(module, location):
+    hint = "searched sys.path (PYTHONPATH)"
+    if _allowed_directories:
+        hint += " and " + ", ".join(_allowed_directories)
+    if location[0]:
+        net_directory = os.path.dirname(os.path.abspath(location[0]))
+        beside = os.path.join(net_directory, module.split(".")[0])
+        if net_directory not in _allowed_directories and (
+                os.path.exists(beside + ".py") or os.path.isdir(beside)):
+            hint += (f"; the net's folder {net_directory} holds it but is not searched: pass "
+                     f"--python-path {net_directory} (or add it to PYTHONPATH) if you trust "
+                     "the code there")
+    return hint
+
+
 def _import_layer_class(layer):
     param = layer.param.python_param
     location = tuple(getattr(layer, "location", None) or (None, None, None))
     ensure_caffe_importable()
-    searched = ["PYTHONPATH / sys.path"]
-    if location[0]:
-        directory = os.path.dirname(os.path.abspath(location[0]))
-        searched.append(directory)
-        if directory not in sys.path:
-            sys.path.append(directory)
     try:
-        module = importlib.import_module(param.module)
+        with _searching(_allowed_directories):
+            module = importlib.import_module(param.module)
     except ModuleNotFoundError as error:
         if error.name and param.module.split(".")[0] == error.name.split(".")[0]:
             raise CompileError(f"Python layer module '{param.module}' not found", *location,
-                               hint="searched " + ", ".join(searched)) from None
+                               hint=_not_found_hint(param.module, location)) from None
         raise CompileError(f"importing Python layer module '{param.module}' failed: {error}",
                            *location) from error
     except Exception as error:
@@ -172,6 +212,15 @@ class PythonLayer(CaffeLayer):
 
     def top_shapes(self):
         return [blob.shape for blob in self.top_blobs]
+
+    def resume_state(self):
+        """The user's layer state, when its class offers resume_state() / restore_state(state)
+        (an lrcn extension; Caffe snapshots no Python layer state)."""
+        getter = getattr(self.instance, "resume_state", None)
+        return {"user": self._user_call(getter, "resume_state")} if callable(getter) else None
+
+    def restore_state(self, state):
+        self._run("restore_state", state["user"])
 
 
 class _PythonFunction(torch.autograd.Function):

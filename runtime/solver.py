@@ -7,12 +7,20 @@ iterations; then ClipGradients -> Normalize (/ iter_size) -> Regularize (L1/L2 x
 snapshot when due. Test nets share the train net's weights by layer name.
 
 Snapshots are Caffe's files (<prefix>_iter_<N>.caffemodel and .solverstate, readable by Caffe)
-plus a small sidecar (<prefix>_iter_<N>.solverstate.lrcn) holding what Caffe's format has no
-room for: the random generators, data-layer positions and the loss-smoothing window. With it a
-resumed CPU run continues bit-identically; without it, resuming works as in Caffe.
+plus a small sidecar (<prefix>_iter_<N>.solverstate.lrcn, see runtime.run_state: arrays and
+JSON, never a pickle) holding what Caffe's format has no room for: the random generators, every
+layer's run state (data positions, Dropout's mask generators, the h / c recurrent layers carry
+between batches) and the loss-smoothing window. With it a resumed CPU run continues
+bit-identically; without it (a .solverstate Caffe wrote), resuming works as in Caffe.
+
+The three files are one set, written by compiler.files.write_files_atomically: all three are on
+disk before any is renamed into place, and the .solverstate goes last, so a kill at any instant
+leaves the newest complete set or the one before. The sidecar records the SHA-256 of the
+.caffemodel and .solverstate it was written with, and resuming refuses a set whose files do not
+belong together.
 """
 
-import io
+import hashlib
 import math
 import os
 import time
@@ -20,8 +28,10 @@ import time
 import torch
 
 import compiler
+from compiler import files
 from compiler.errors import CompileError
 from lrcn_proto import caffe_pb2
+from runtime import run_state
 from runtime import weights as weight_files
 from runtime.net import Net
 from runtime.updates import LR_POLICIES, UPDATE_RULES, clip_gradients, learning_rate, regularize
@@ -82,6 +92,8 @@ class Solver:
         self.current_step = 0
         self._losses = []
         self._smoothed_loss = 0.0
+        self._window_start = 0           # the iteration the loss-smoothing window counts from
+        self._continue_window = False    # set by restore(): the next step() keeps the window
         self.requested_action = None     # "snapshot" / "stop", set by signal handlers
         self.stopped_early = False
         self.callbacks = []               # callables(solver, outputs) after each iteration
@@ -139,9 +151,9 @@ class Solver:
         """Train to max_iter (Caffe's Solver::Solve), optionally resuming a .solverstate."""
         if resume_file:
             self.restore(resume_file)
+        self.remove_stale_temporaries()
         self.log("Solving " + (self.net.compiled.name or "net"))
         self.log(f"Learning Rate Policy: {self.param.lr_policy}")
-        start_iter = self.iter
         self.step(self.param.max_iter - self.iter)
         if self.param.snapshot_after_train and self._last_snapshot_iter != self.iter:
             self.snapshot()
@@ -151,7 +163,7 @@ class Solver:
         if self.param.display and self.iter % self.param.display == 0:
             with torch.no_grad():
                 outputs = self.net.run()
-            self._update_smoothed_loss(outputs.loss.item(), start_iter)
+            self._update_smoothed_loss(outputs.loss.item())
             self.log(f"Iteration {self.iter}, loss = {_fmt(self._smoothed_loss)}")
         if self.param.test_interval and self.iter % self.param.test_interval == 0:
             self.test_all()
@@ -160,9 +172,10 @@ class Solver:
     def step(self, iterations):
         """Run `iterations` training iterations (Caffe's Solver::Step)."""
         param = self.param
-        start_iter = self.iter
         stop_iter = self.iter + iterations
-        self._losses, self._smoothed_loss = [], 0.0
+        if not self._continue_window:
+            self._losses, self._smoothed_loss, self._window_start = [], 0.0, self.iter
+        self._continue_window = False
         timer, iterations_last = time.perf_counter(), self.iter
         while self.iter < stop_iter:
             self._clear_diffs()
@@ -179,7 +192,7 @@ class Solver:
                 loss += outputs.loss.item()
             loss /= param.iter_size
             self.last_outputs = outputs
-            self._update_smoothed_loss(loss, start_iter)
+            self._update_smoothed_loss(loss)
             if display:
                 lapse = time.perf_counter() - timer
                 per_s = (self.iter - iterations_last) / (lapse or 1)
@@ -203,14 +216,14 @@ class Solver:
         for p in self.net.parameters():
             p.grad = None
 
-    def _update_smoothed_loss(self, loss, start_iter):
+    def _update_smoothed_loss(self, loss):
         average = self.param.average_loss
         if len(self._losses) < average:
             self._losses.append(loss)
             size = len(self._losses)
             self._smoothed_loss = (self._smoothed_loss * (size - 1) + loss) / size
         else:
-            index = (self.iter - start_iter) % average
+            index = (self.iter - self._window_start) % average
             self._smoothed_loss += (loss - self._losses[index]) / average
             self._losses[index] = loss
 
@@ -285,8 +298,8 @@ class Solver:
         return prefix
 
     def snapshot(self):
-        """Write <prefix>_iter_<N>.caffemodel, .solverstate and the .lrcn sidecar atomically.
-        The weights go first, so a .solverstate never names weights that are not there."""
+        """Write <prefix>_iter_<N>.caffemodel, .solverstate and the .lrcn sidecar as one set
+        (module docstring): the .solverstate, renamed last, commits it."""
         self._last_snapshot_iter = self.iter
         base = f"{self.snapshot_prefix()}_iter_{self.iter}"
         model_file, state_file = base + ".caffemodel", base + ".solverstate"
@@ -294,30 +307,47 @@ class Solver:
         net_proto = self.net.to_proto()
         if self.param.snapshot_diff:
             _add_diffs(net_proto, self.net)
-        weight_files.write_bytes_atomically(model_file, net_proto.SerializeToString())
+        model_bytes = net_proto.SerializeToString()
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model_file,
                                       current_step=self.current_step)
         for index in range(self.rule.histories):
             for history in self.history:
                 state.history.append(weight_files.array_to_blob(history[index].cpu().numpy()))
+        state_bytes = state.SerializeToString()
+        sidecar = run_state.encode(self._sidecar_state(model_bytes, state_bytes))
         self.log(f"Snapshotting solver state to binary proto file {state_file}")
-        weight_files.write_bytes_atomically(state_file, state.SerializeToString())
-        buffer = io.BytesIO()
-        torch.save(self._sidecar_state(), buffer)
-        weight_files.write_bytes_atomically(state_file + ".lrcn", buffer.getvalue())
+        files.write_files_atomically([(model_file, model_bytes), (state_file + ".lrcn", sidecar),
+                                      (state_file, state_bytes)])
         return model_file, state_file
+
+    def remove_stale_temporaries(self):
+        """Delete temporaries that killed runs left beside this solver's snapshots."""
+        for path in files.remove_stale_temporaries(self.snapshot_prefix() + "_iter_"):
+            self.log(f"removed {path}, left by an interrupted snapshot")
 
     def restore(self, state_file):
         """Resume from a .solverstate (Caffe's or ours); bit-identical with the .lrcn sidecar."""
+        state_bytes = _read_bytes(state_file, ".solverstate")
         state = weight_files.read_binary_message(state_file, caffe_pb2.SolverState(),
                                                  ".solverstate")
-        self.iter = state.iter
+        if state.iter < 0:
+            raise CompileError(f"the solver state's iteration is negative ({state.iter})",
+                               state_file, hint="a .solverstate Caffe or lrcn-train wrote "
+                               "counts iterations from 0; this file is damaged")
+        learned = None
         if state.learned_net:
             learned = state.learned_net
             if not os.path.exists(learned):
                 beside = os.path.join(os.path.dirname(os.path.abspath(state_file)),
                                       os.path.basename(learned))
                 learned = beside if os.path.exists(beside) else learned
+        sidecar_file = state_file + ".lrcn"
+        sidecar = None
+        if os.path.lexists(sidecar_file):
+            sidecar = run_state.read(sidecar_file)
+            _check_set(sidecar, state, state_bytes, learned, state_file, sidecar_file)
+        self.iter = state.iter
+        if learned:
             self.net.copy_from(learned)
         self.current_step = state.current_step
         expected = len(self.history) * self.rule.histories
@@ -330,24 +360,54 @@ class Solver:
                 for history in self.history:
                     array = weight_files.blob_to_array(next(blobs), state_file)
                     history[index].copy_(torch.from_numpy(array).reshape(history[index].shape))
-        sidecar = state_file + ".lrcn"
-        if os.path.exists(sidecar):
-            self._load_sidecar_state(torch.load(sidecar, weights_only=False))
+        if sidecar is not None:
+            self._load_sidecar_state(sidecar)
         else:
-            self.log(f"{sidecar} not found: resuming like Caffe (random streams restart)")
+            self.log(f"{sidecar_file} not found: resuming like Caffe (random streams, data "
+                     "positions and recurrent states restart)")
 
-    def _sidecar_state(self):
+    def _sidecar_state(self, model_bytes, state_bytes):
         return {"iter": self.iter,
+                "caffemodel_sha256": hashlib.sha256(model_bytes).hexdigest(),
+                "solverstate_sha256": hashlib.sha256(state_bytes).hexdigest(),
                 "torch_rng": torch.get_rng_state(),
-                "nets": [net_random_state(net) for net in [self.net] + self.test_nets]}
+                "loss_window": {"losses": list(self._losses), "smoothed": self._smoothed_loss,
+                                "start": self._window_start},
+                "nets": [net_run_state(net) for net in [self.net] + self.test_nets]}
 
     def _load_sidecar_state(self, state):
-        if state.get("iter") != self.iter:
-            self.log("the .lrcn sidecar belongs to another iteration: ignoring it")
-            return
         torch.set_rng_state(state["torch_rng"])
+        window = state["loss_window"]
+        self._losses, self._smoothed_loss = list(window["losses"]), window["smoothed"]
+        self._window_start = window["start"]
+        self._continue_window = True
         for net, net_state in zip([self.net] + self.test_nets, state["nets"]):
-            restore_net_random_state(net, net_state)
+            restore_net_run_state(net, net_state)
+
+
+def _read_bytes(path, what):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise CompileError(f"cannot read {what}: {error.strerror}", str(path)) from None
+
+
+def _check_set(sidecar, state, state_bytes, model_file, state_file, sidecar_file):
+    """Refuse a sidecar that was not written with this .solverstate and its .caffemodel: a
+    mixed set would resume silently inexactly."""
+    incomplete = "the snapshot set is incomplete or mixed: "
+    hint = ("resume from another snapshot, or delete the .lrcn file to resume like Caffe "
+            "(random streams, data positions and recurrent states restart)")
+    if sidecar.get("iter") != state.iter or \
+            sidecar.get("solverstate_sha256") != hashlib.sha256(state_bytes).hexdigest():
+        raise CompileError(incomplete + f"{os.path.basename(sidecar_file)} was not written "
+                           "with this .solverstate", state_file, hint=hint)
+    if model_file and os.path.exists(model_file):
+        digest = hashlib.sha256(_read_bytes(model_file, ".caffemodel")).hexdigest()
+        if digest != sidecar.get("caffemodel_sha256"):
+            raise CompileError(incomplete + f"{model_file} is not the weights this "
+                               ".solverstate was written with", state_file, hint=hint)
 
 
 def _flat_outputs(net, outputs):
@@ -372,22 +432,21 @@ def mean_outputs(net, iterations, on_batch=None):
     return {name: total / iterations for name, total in totals.items()}, loss / iterations
 
 
-def net_random_state(net):
-    """The net's random generator plus each layer's own resumable state (data positions)."""
+def net_run_state(net):
+    """The net's random generator plus each layer's resume_state() (see CaffeLayer)."""
     layers = {}
     for layer, unit in zip(net.compiled.layers, net.units):
-        getter = getattr(unit, "resume_state", None)
-        if getter is not None:
-            layers[layer.key] = getter()
+        layer_state = unit.resume_state()
+        if layer_state is not None:
+            layers[layer.key] = layer_state
     return {"rng": net.rng.get_state(), "layers": layers}
 
 
-def restore_net_random_state(net, state):
+def restore_net_run_state(net, state):
     net.rng.set_state(state["rng"])
-    for name, layer_state in state["layers"].items():
-        unit = net._unit_by_key.get(name)
-        if unit is not None and hasattr(unit, "restore_state"):
-            unit.restore_state(layer_state)
+    for key, unit in zip((layer.key for layer in net.compiled.layers), net.units):
+        if key in state["layers"]:
+            unit.restore_state(state["layers"][key])
 
 
 def _add_diffs(net_proto, net):

@@ -6,12 +6,10 @@ mismatch is an error naming the layer and both shapes. Legacy blobs (num/channel
 double_data) and legacy V1 `layers` read too.
 """
 
-import os
-import tempfile
-
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from compiler import files
 from compiler.errors import CompileError
 from lrcn_proto import caffe_pb2
 
@@ -102,16 +100,4 @@ def write_blob_file(path, array):
 
 def write_bytes_atomically(path, data):
     """Write a file so that a crash leaves the old file or the new one, never a torn one."""
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=".lrcn-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    files.write_bytes_atomically(path, data)

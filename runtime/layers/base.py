@@ -41,5 +41,15 @@ class CaffeLayer(nn.Module):
     def reset_state(self):
         """Forget state carried between forward calls (recurrent layers override this)."""
 
+    def resume_state(self):
+        """The state this unit carries from one forward call to the next (data positions,
+        random generators, recurrent h / c), as a tree of dicts, lists, numbers, strings and
+        tensors, for a solver snapshot; None when forward depends on its inputs and blobs only.
+        A unit that returns a state restores it in restore_state(state)."""
+        return None
+
+    def restore_state(self, state):
+        raise NotImplementedError(f"{type(self).__name__} keeps no state to restore")
+
     def extra_repr(self):
         return f"name={self.layer.name!r}, type={self.layer.type!r}"

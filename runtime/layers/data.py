@@ -257,7 +257,8 @@ class HDF5Output(CaffeLayer):
 
     Caffe writes one batch per file (a second forward fails on the existing dataset); here
     every forward appends its rows, so a run of N batches leaves N * batch rows. The file is
-    created (truncated) at the first forward. Nothing flows backward (Caffe's Backward is empty).
+    created (truncated) at the first forward; a resumed run appends after the rows written up to
+    its snapshot. Nothing flows backward (Caffe's Backward is empty).
     """
 
     no_grad_bottoms = (0, 1)
@@ -266,18 +267,31 @@ class HDF5Output(CaffeLayer):
     def __init__(self, layer, rng=None):
         super().__init__(layer, rng)
         self.file_name = self.param.hdf5_output_param.file_name
-        self._created = False
+        self._rows = 0           # rows written so far; 0: the next forward creates the file
+        self._trim = False       # after a resume: cut rows written after the snapshot first
+
+    def resume_state(self):
+        return {"rows": self._rows}
+
+    def restore_state(self, state):
+        self._rows = int(state["rows"])
+        self._trim = self._rows > 0
 
     def forward(self, *bottoms):
         arrays = [b.detach().to("cpu", torch.float32).numpy() for b in bottoms]
         try:
-            with h5py.File(self.file_name, "a" if self._created else "w") as handle:
+            with h5py.File(self.file_name, "a" if self._rows else "w") as handle:
+                if self._trim:
+                    for name in self.dataset_names:
+                        if name in handle:
+                            handle[name].resize(min(self._rows, handle[name].shape[0]), axis=0)
+                    self._trim = False
                 for name, array in zip(self.dataset_names, arrays):
                     self._append(handle, name, array)
         except OSError as error:
             raise CompileError(f"cannot write HDF5 file {self.file_name}: {error}",
                                *_location(self.layer)) from None
-        self._created = True
+        self._rows += len(arrays[0]) if arrays else 0
         return ()
 
     @staticmethod

@@ -219,6 +219,17 @@ class _Recurrent(CaffeLayer):
         for name in self.state_names:
             setattr(self, f"{name}_carry", None)
 
+    def resume_state(self):
+        """The carried states (None before the first call): a resumed run continues every
+        stream whose next batch starts with cont 1 exactly where it stopped."""
+        return {name: getattr(self, f"{name}_carry") for name in self.state_names}
+
+    def restore_state(self, state):
+        device = self.blobs[0].device
+        for name in self.state_names:
+            carried = state[name]
+            setattr(self, f"{name}_carry", None if carried is None else carried.to(device))
+
     def input_projection(self, x, x_static, W_x, b, W_static):
         """W_x x_t + b for all T steps in one matmul, plus W_static x_static (once, broadcast)."""
         T, N = x.shape[:2]

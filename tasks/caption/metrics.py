@@ -22,13 +22,13 @@ import argparse
 import contextlib
 import io
 import json
-import os
 import shutil
 import sys
-import tempfile
 
 import numpy as np
 
+from compiler.errors import CompileError
+from compiler.files import write_text_atomically
 from tasks.caption.coco import DataError, load_caption_set, load_results
 from tasks.caption.text import tokenize
 
@@ -281,18 +281,8 @@ def format_table(report):
 
 
 def write_json(path, report):
-    """Write via a temporary file so a failed write leaves no half file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temp_path = tempfile.mkstemp(prefix=".eval-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as json_file:
-            json.dump(report, json_file, indent=1, sort_keys=True)
-            json_file.write("\n")
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
+    """Write atomically, so a failed write leaves no half file."""
+    write_text_atomically(path, json.dumps(report, indent=1, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------------------- main
@@ -358,8 +348,8 @@ def main(argv=None):
         if args.json:
             try:
                 write_json(args.json, report)
-            except OSError as error:
-                raise DataError("%s: cannot write: %s" % (args.json, error)) from None
+            except CompileError as error:
+                raise DataError(str(error)) from None
     except DataError as error:
         print("%s: error: %s" % (PROGRAM, error), file=sys.stderr)
         return 1
