@@ -19,3 +19,26 @@ def compiled_layer(text, bottom_shapes, top_shapes=(), param_shapes=(), phase="T
         top_shapes=[tuple(s) for s in top_shapes],
         param_shapes=[tuple(s) for s in param_shapes],
         param_specs=list(param.param), loss_weights=[], params=0, flops=0, location=None)
+
+
+TINY_NET = '''name: "tiny"
+layer { name: "data" type: "DummyData" top: "x" top: "y"
+  dummy_data_param { shape { dim: 4 dim: 3 } shape { dim: 4 dim: 2 }
+                     data_filler { type: "gaussian" } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "drop" type: "Dropout" bottom: "ip" top: "ip" }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "y" top: "loss" }
+'''
+
+
+def tiny_solver(folder, max_iter=4, snapshot=2, extra=""):
+    """A solver over a net that needs no data files (DummyData, Dropout, one InnerProduct),
+    snapshotting to <folder>/tiny_iter_<N>.*; returns the solver file's path."""
+    (folder / "net.prototxt").write_text(TINY_NET)
+    solver = folder / "solver.prototxt"
+    solver.write_text(f'net: "{folder / "net.prototxt"}"\nbase_lr: 0.01\nmomentum: 0.9\n'
+                      f'lr_policy: "fixed"\ndisplay: 1\nmax_iter: {max_iter}\n'
+                      f'snapshot: {snapshot}\nsnapshot_prefix: "{folder / "tiny"}"\n'
+                      f'random_seed: 3\nsolver_mode: CPU\n{extra}')
+    return solver
