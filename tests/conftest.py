@@ -1,6 +1,7 @@
 """Makes tests/ importable (for tests/support.py) and holds suite-wide pytest settings."""
 
 import os
+import signal
 import sys
 
 import pytest
@@ -29,3 +30,15 @@ def one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def restore_signals():
+    """lrcn-train installs SIGINT / SIGTERM / SIGHUP handlers for the solver; give pytest its
+    own back."""
+    numbers = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP")
+                                                 else [])
+    saved = {number: signal.getsignal(number) for number in numbers}
+    yield
+    for number, handler in saved.items():
+        signal.signal(number, handler)

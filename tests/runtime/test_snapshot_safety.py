@@ -44,16 +44,6 @@ def snapshot(tmp_path, restore_signals):
     return solver, tmp_path / "tiny_iter_2.solverstate"
 
 
-@pytest.fixture
-def restore_signals():
-    import signal
-    saved = {number: signal.getsignal(number)
-             for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    yield
-    for number, handler in saved.items():
-        signal.signal(number, handler)
-
-
 def plain_pickle(path, marker):
     path.write_bytes(pickle.dumps(Payload(marker)))
 

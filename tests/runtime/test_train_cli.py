@@ -89,15 +89,6 @@ def make_problem(folder, max_iter=MAX_ITER, net=NET):
     return solver
 
 
-@pytest.fixture
-def restore_signals():
-    """train_main installs SIGINT/SIGHUP handlers for the solver; give pytest its own back."""
-    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGHUP)}
-    yield
-    for number, handler in saved.items():
-        signal.signal(number, handler)
-
-
 def lrcn_train(argv, capsys):
     """train_main in-process: (exit status, stdout, stderr)."""
     with pytest.raises(SystemExit) as exited:
