@@ -23,8 +23,10 @@ belong together.
 import hashlib
 import math
 import os
+import random
 import time
 
+import numpy as np
 import torch
 
 import compiler
@@ -371,18 +373,29 @@ class Solver:
                 "caffemodel_sha256": hashlib.sha256(model_bytes).hexdigest(),
                 "solverstate_sha256": hashlib.sha256(state_bytes).hexdigest(),
                 "torch_rng": torch.get_rng_state(),
+                # Python layers may draw from these, as Caffe's Python layers often do.
+                "numpy_rng": list(np.random.get_state()),
+                "python_rng": _python_random_state(random.getstate()),
                 "loss_window": {"losses": list(self._losses), "smoothed": self._smoothed_loss,
                                 "start": self._window_start},
                 "nets": [net_run_state(net) for net in [self.net] + self.test_nets]}
 
     def _load_sidecar_state(self, state):
         torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(tuple(state["numpy_rng"]))
+        version, internal, gauss = state["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
         window = state["loss_window"]
         self._losses, self._smoothed_loss = list(window["losses"]), window["smoothed"]
         self._window_start = window["start"]
         self._continue_window = True
         for net, net_state in zip([self.net] + self.test_nets, state["nets"]):
             restore_net_run_state(net, net_state)
+
+
+def _python_random_state(state):
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
 
 
 def _read_bytes(path, what):
