@@ -1,7 +1,6 @@
 """Resume files a user is handed: nothing in them runs code, and a snapshot set whose files do
 not belong together (or a damaged .solverstate) is refused with one clear error."""
 
-import contextlib
 import io
 import os
 import pathlib
@@ -14,8 +13,7 @@ import pytest
 import torch
 
 from lrcn_proto import caffe_pb2
-from runtime import cli
-from support import tiny_solver
+from support import tiny_solver, train_in_process as train
 
 
 class Payload:
@@ -26,13 +24,6 @@ class Payload:
 
     def __reduce__(self):
         return (pathlib.Path.touch, (pathlib.Path(self.marker),))
-
-
-def train(argv):
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exited:
-        cli.train_main([str(a) for a in argv])
-    return exited.value.code, stderr.getvalue()
 
 
 @pytest.fixture
