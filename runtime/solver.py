@@ -347,6 +347,9 @@ class Solver:
         sidecar = None
         if os.path.lexists(sidecar_file):
             sidecar = run_state.read(sidecar_file)
+            if not isinstance(sidecar, dict):
+                raise CompileError("damaged resume-state file (not a table of states)",
+                                   sidecar_file)
             _check_set(sidecar, state, state_bytes, learned, state_file, sidecar_file)
         self.iter = state.iter
         if learned:
@@ -363,7 +366,12 @@ class Solver:
                     array = weight_files.blob_to_array(next(blobs), state_file)
                     history[index].copy_(torch.from_numpy(array).reshape(history[index].shape))
         if sidecar is not None:
-            self._load_sidecar_state(sidecar)
+            try:
+                self._load_sidecar_state(sidecar)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError,
+                    RuntimeError) as error:
+                raise CompileError(f"damaged resume-state file ({type(error).__name__}: "
+                                   f"{error})", sidecar_file) from None
         else:
             self.log(f"{sidecar_file} not found: resuming like Caffe (random streams, data "
                      "positions and recurrent states restart)")
@@ -386,8 +394,8 @@ class Solver:
         version, internal, gauss = state["python_rng"]
         random.setstate((version, tuple(internal), gauss))
         window = state["loss_window"]
-        self._losses, self._smoothed_loss = list(window["losses"]), window["smoothed"]
-        self._window_start = window["start"]
+        self._losses = [float(loss) for loss in window["losses"]]
+        self._smoothed_loss, self._window_start = float(window["smoothed"]), int(window["start"])
         self._continue_window = True
         for net, net_state in zip([self.net] + self.test_nets, state["nets"]):
             restore_net_run_state(net, net_state)

@@ -102,3 +102,22 @@ def test_snapshot_files_honour_the_umask(tmp_path, restore_signals):
     for suffix in (".caffemodel", ".solverstate", ".solverstate.lrcn"):
         mode = stat.S_IMODE(os.stat(tmp_path / f"tiny_iter_2{suffix}").st_mode)
         assert mode == 0o640, (suffix, oct(mode))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda state: state.pop("torch_rng"),
+    lambda state: state.update(torch_rng="not a generator state"),
+    lambda state: state["loss_window"].update(start="x"),
+    lambda state: state["nets"][0]["layers"].update(drop={"cpu": torch.zeros(3)}),
+], ids=["missing", "wrong-type", "bad-window", "bad-layer-state"])
+def test_a_damaged_resume_state_with_matching_digests_is_one_clean_error(snapshot, damage):
+    from runtime import run_state
+    solver, state = snapshot
+    sidecar = pathlib.Path(f"{state}.lrcn")
+    content = run_state.read(sidecar)
+    content["nets"][0]["layers"].setdefault("drop", {})
+    damage(content)
+    sidecar.write_bytes(run_state.encode(content))
+    code, log = train([solver, "--snapshot", state, "--no-progress"])
+    assert code == 1 and "Traceback" not in log, log
+    assert "tiny_iter_2.solverstate.lrcn: damaged resume-state file" in log
