@@ -364,6 +364,29 @@ class Net(nn.Module):
                     setattr(unit, f"{name}_carry",
                             carried.index_select(1, index.to(carried.device)))
 
+    # --- one layer at a time (the `caffe` package's pycaffe Net drives these) --------------
+
+    def run_layer(self, index, bottoms):
+        """Run layer `index` alone on `bottoms` (tensors) and return its tops. Bottoms Caffe
+        gives no gradient are cut; a data layer's tops come back on the net's device."""
+        layer, unit = self.compiled.layers[index], self.units[index]
+        tops = unit(*self._cut_gradients(layer, unit, list(bottoms)))
+        if not layer.bottoms:
+            tops = tuple(self._as_device_tensor(t) for t in tops)
+        return tops
+
+    def input_array(self, name, array=None):
+        """The float32 array input blob `name` is read from when run() is not given it: write
+        into it in place. A given `array` (float32, C-contiguous) becomes that array."""
+        if array is not None:
+            self._input_buffers[name] = array
+        self._input_tensor(name)
+        return self._input_buffers[name]
+
+    def last_value(self, name):
+        """The tensor blob `name` had at the end of the last run() (its last version), or None."""
+        return self._latest_value(name)
+
     # --- pycaffe surface --------------------------------------------------------------------
 
     @property
