@@ -664,7 +664,11 @@ class Solver:
             message.type = self._type
         if _caffe.random_seed() is not None and not message.HasField("random_seed"):
             message.random_seed = _caffe.random_seed()
-        self._solver = runtime.solver.Solver(document, device=_caffe.current_device())
+        # pycaffe computes where caffe.set_mode_* says, whatever the file's solver_mode.
+        device = _caffe.current_device()
+        message.solver_mode = caffe_pb2.SolverParameter.GPU if device.type == "cuda" \
+            else caffe_pb2.SolverParameter.CPU
+        self._solver = runtime.solver.Solver(document, device=device)
         self._net = Net._wrap(self._solver.net)
         self._test_nets = [Net._wrap(net) for net in self._solver.test_nets]
         # Before every iteration: the input blobs as the script left them, and the blobs of

@@ -177,23 +177,27 @@ class Net(nn.Module):
             # Caffe computes input diffs only when asked to (saliency, deep-dream scripts).
             self.force_backward = bool(message.force_backward)
             compiled = compiler.compile_net(net, phase, stages, level, input_shapes)
-            unknown = self._data_layers_with_unknown_tops(compiled)
-            if unknown:
-                # Data layers whose shapes only their source knows (Python layers, files the
-                # compiler does not open) report them once built; then compile again.
+            unknown = self._layers_that_tell_their_shapes(compiled)
+            while unknown:
+                # Data layers whose shapes only their source knows (files the compiler does not
+                # open) and Python layers (their reshape() decides) report them once built, as
+                # Caffe's Net::Init learns them from SetUp; then compile again.
                 for layer in unknown:
                     unit = self._instantiate(layer)
                     self._prebuilt[layer.key] = unit
                     input_shapes.update(zip(layer.tops, unit.top_shapes()))
                 compiled = compiler.compile_net(net, phase, stages, level, input_shapes)
+                unknown = self._layers_that_tell_their_shapes(compiled)
         self._check_shapes_known(compiled)
         return compiled
 
-    @staticmethod
-    def _data_layers_with_unknown_tops(compiled):
+    def _layers_that_tell_their_shapes(self, compiled):
+        """Data and Python layers with unknown top shapes, all bottom shapes known, not built."""
         return [layer for layer in compiled.layers
-                if not layer.bottoms and layer.tops and layer.type != "Input"
-                and any(shape is None for shape in layer.top_shapes)]
+                if layer.tops and layer.type != "Input" and layer.key not in self._prebuilt
+                and (not layer.bottoms or layer.type == "Python")
+                and any(shape is None for shape in layer.top_shapes)
+                and all(shape is not None for shape in layer.bottom_shapes)]
 
     @staticmethod
     def _check_shapes_known(compiled):

@@ -13,12 +13,11 @@ numpy `.data` / `.diff`.
   bottom gradients, on the data it saw in that forward.
 - `share_in_parallel` has no effect (one process, one instance per net).
 - Python layers cannot hold learnable blobs here (pycaffe's `self.blobs`).
-- `import caffe` in a user module finds a small shim (runtime/caffe_shim) when no real pycaffe
-  is installed, or always with LRCN_CAFFE_SHIM=1.
+- `import caffe` in a user module finds this distribution's `caffe` package (pycaffe's API),
+  unless a real pycaffe comes earlier on the Python path.
 """
 
 import importlib
-import importlib.util
 import inspect
 import os
 import sys
@@ -31,20 +30,6 @@ from runtime.layers.base import CaffeLayer
 from runtime.layers.registry import register
 
 TRAIN, TEST = 0, 1
-SHIM_DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "caffe_shim")
-
-
-def ensure_caffe_importable():
-    """Make `import caffe` work for user layers: the real pycaffe if installed, else the shim."""
-    forced = os.environ.get("LRCN_CAFFE_SHIM", "").strip() in ("1", "true", "yes")
-    if forced:
-        if SHIM_DIRECTORY not in sys.path:
-            sys.path.insert(0, SHIM_DIRECTORY)
-        return
-    if "caffe" in sys.modules or SHIM_DIRECTORY in sys.path:
-        return
-    if importlib.util.find_spec("caffe") is None:
-        sys.path.append(SHIM_DIRECTORY)
 
 
 class Blob:
@@ -103,7 +88,6 @@ class Blob:
 def _import_layer_class(layer):
     param = layer.param.python_param
     location = tuple(getattr(layer, "location", None) or (None, None, None))
-    ensure_caffe_importable()
     searched = ["PYTHONPATH / sys.path"]
     if location[0]:
         directory = os.path.dirname(os.path.abspath(location[0]))
