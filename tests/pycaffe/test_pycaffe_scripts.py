@@ -1,0 +1,44 @@
+"""pycaffe-style scripts (tests/pycaffe/scripts/) run unchanged against `import caffe`, each in
+its own process and working directory; every script checks its own results numerically and
+prints OK."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+SCRIPTS = sorted((pathlib.Path(__file__).parent / "scripts").glob("*.py"))
+
+
+def run_python(args, cwd, extra_env=None, timeout=240):
+    env = dict(os.environ, OMP_NUM_THREADS="1", **(extra_env or {}))
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
+def test_script_runs_unchanged(script, tmp_path):
+    result = run_python([str(script)], tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "OK"
+
+
+def test_import_caffe_is_this_package(tmp_path):
+    result = run_python(["-c", "import caffe, lrcn_proto; print(caffe.__file__); "
+                         "print(caffe.proto.caffe_pb2 is lrcn_proto.caffe_pb2)"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    location, same = result.stdout.split()
+    assert pathlib.Path(location).parent == pathlib.Path(__file__).parents[2] / "caffe"
+    assert same == "True"
+
+
+def test_a_pycaffe_earlier_on_pythonpath_wins(tmp_path):
+    real = tmp_path / "real" / "caffe"
+    real.mkdir(parents=True)
+    (real / "__init__.py").write_text("WHO = 'the real pycaffe'\n")
+    result = run_python(["-c", "import caffe; print(caffe.WHO)"], tmp_path,
+                        {"PYTHONPATH": str(tmp_path / "real")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "the real pycaffe"
