@@ -180,14 +180,15 @@ class Transformer:
         else:
             if len(mean_shape) == 2:
                 mean_shape = (1,) + mean_shape
+                mean = mean.reshape(mean_shape)
             if len(mean_shape) != 3:
                 raise ValueError("Mean shape invalid")
             in_shape = tuple(self.inputs[in_][1:])
             if tuple(mean_shape) != in_shape:
-                low, high = mean.min(), mean.max()
-                normal = (mean - low) / (high - low)
-                mean = resize_image(normal.transpose((1, 2, 0)),
-                                    in_shape[1:]).transpose((2, 0, 1)) * (high - low) + low
+                # (pycaffe scales to [0, 1] around the resize, which linear interpolation
+                # does not need.)
+                mean = resize_image(mean.transpose((1, 2, 0)),
+                                    in_shape[1:]).transpose((2, 0, 1))
         self.mean[in_] = mean
 
     def set_input_scale(self, in_, scale):
