@@ -10,8 +10,9 @@ from ._caffe import (NCCL, Layer, Timer, UnsupportedError, __version__, has_nccl
                      set_multiprocess, set_random_seed, set_solver_count, set_solver_rank,
                      solver_count, solver_rank)
 from .proto.caffe_pb2 import TEST, TRAIN
-from .pycaffe import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, Net,
-                      RMSPropSolver, SGDSolver, get_solver)
+from .pycaffe import Net
+from .solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver,
+                     SGDSolver, get_solver)
 from .classifier import Classifier
 from .detector import Detector
 from . import io
