@@ -35,15 +35,18 @@ class Solver:
         self._solver = runtime.solver.Solver(document, device=device)
         self._net = Net._wrap(self._solver.net)
         self._test_nets = [Net._wrap(net) for net in self._solver.test_nets]
-        # Before every iteration: the input blobs as the script left them, and the blobs of
-        # the last pass for callbacks to read.
-        self._solver.on_start.append(self._sync)
+        # Each iteration reads the input blobs as the script (or its callbacks) left them;
+        # callbacks reading the train net's blobs before the update see this iteration's.
+        self._solver.on_start.append(self._feed_inputs)
         self._solver.on_gradients_ready.append(self._net._pull_last_run)
 
-    def _sync(self):
+    def _feed_inputs(self):
+        for net in [self._net] + self._test_nets:
+            net._feed_inputs()
+
+    def _pull_last_runs(self):
         for net in [self._net] + self._test_nets:
             net._pull_last_run()
-            net._feed_inputs()
 
     @property
     def net(self):
@@ -69,14 +72,14 @@ class Solver:
                              self._solver.current_step)[0]
 
     def step(self, iters):
-        self._sync()
+        self._feed_inputs()
         self._solver.step(int(iters))
-        self._sync()
+        self._pull_last_runs()
 
     def solve(self, resume_file=None):
-        self._sync()
+        self._feed_inputs()
         self._solver.solve(os.fspath(resume_file) if resume_file else None)
-        self._sync()
+        self._pull_last_runs()
 
     def snapshot(self):
         self._solver.snapshot()

@@ -281,3 +281,27 @@ def test_python_layer_base_class():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         caffe.set_mode_cpu()
+
+
+# --- the adapter computes what the runtime computes ------------------------------------------
+
+def test_layer_by_layer_passes_equal_the_runtime_on_the_captioner():
+    """LRCN's factored captioner (HDF5 streams, Embed, LSTMs with static input, a loss):
+    caffe.Net's forward/backward layer by layer gives runtime.Net's loss and gradients."""
+    import pathlib
+
+    import runtime.net
+    path = str(pathlib.Path(__file__).parents[2] / "nets" / "lrcn_caption.prototxt")
+    stages = ["factored", "2-layer"]
+    adapter = caffe.Net(path, caffe.TRAIN, stages=stages)
+    reference = runtime.net.Net(path, phase="TRAIN", stages=stages)
+    outputs = adapter.forward()
+    adapter.backward()
+    expected = reference.forward_backward()
+    for name, value in outputs.items():
+        np.testing.assert_allclose(value, expected[name].detach().numpy(), rtol=1e-6)
+    assert len(adapter.params) == 8
+    for name, blobs in adapter.params.items():
+        for index, blob in enumerate(blobs):
+            np.testing.assert_allclose(blob.diff, reference.layer(name).blobs[index].grad,
+                                       rtol=1e-5, atol=1e-7)
