@@ -14,7 +14,6 @@ import warnings
 
 import torch
 
-from compiler.errors import CompileError
 from runtime.layers.registry import registered_types
 
 __version__ = "1.0.0"     # the Caffe release whose Python API this package follows
@@ -45,8 +44,8 @@ def set_mode_gpu():
 def set_device(device_id):
     device_id = int(device_id)
     if device_id < 0 or (torch.cuda.is_available() and device_id >= torch.cuda.device_count()):
-        raise CompileError(f"caffe.set_device({device_id}): no such CUDA device "
-                           f"({torch.cuda.device_count()} present)")
+        raise ValueError(f"caffe.set_device({device_id}): no such CUDA device "
+                         f"({torch.cuda.device_count()} present)")
     _settings["device_id"] = device_id
 
 
