@@ -305,3 +305,22 @@ def test_layer_by_layer_passes_equal_the_runtime_on_the_captioner():
         for index, blob in enumerate(blobs):
             np.testing.assert_allclose(blob.diff, reference.layer(name).blobs[index].grad,
                                        rtol=1e-5, atol=1e-7)
+
+
+def test_set_random_seed_decides_the_fillers(net_file, monkeypatch):
+    monkeypatch.setitem(caffe._caffe._settings, "seed", None)
+    caffe.set_random_seed(11)
+    first = caffe.Net(net_file, caffe.TEST).params["ip"][0].data.copy()
+    again = caffe.Net(net_file, caffe.TEST).params["ip"][0].data
+    caffe.set_random_seed(12)
+    other = caffe.Net(net_file, caffe.TEST).params["ip"][0].data
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_get_solver_reports_an_unknown_type_in_the_file(net_file, tmp_path):
+    path = tmp_path / "solver.prototxt"
+    path.write_text(f'net: "{net_file}"\ntype: "Momentum"\nbase_lr: 0.1\n')
+    with pytest.raises(CompileError, match="unknown solver type 'Momentum'") as error:
+        caffe.get_solver(str(path))
+    assert error.value.file == str(path) and error.value.line == 2
