@@ -40,3 +40,14 @@ def test_a_pycaffe_earlier_on_pythonpath_wins(tmp_path):
                         {"PYTHONPATH": str(tmp_path / "real")})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "the real pycaffe"
+
+
+def test_readme_example_runs():
+    """The README's `import caffe` example, run from the repository root."""
+    root = pathlib.Path(__file__).parents[2]
+    section = (root / "README.md").read_text().split("## `import caffe`")[1]
+    example = section.split("```python\n")[1].split("```")[0]
+    result = run_python(["-c", example + "\nassert features.shape == (1, 128)\nprint('OK')"],
+                        root)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "OK"
