@@ -40,7 +40,8 @@ class ParamBlob(_LayerBlob):
     parameter and its gradient, so writing into them changes the net, as in pycaffe. The
     tensor is looked up at every access, so weights shared later (share_with) are seen."""
 
-    def __init__(self, unit, index):   # noqa: the base's array attributes are properties here
+    def __init__(self, unit, index):
+        # The base's constructor allocates arrays; here data and diff are the tensor's.
         self._unit, self._index = unit, index
 
     @property
