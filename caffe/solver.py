@@ -107,25 +107,16 @@ class SGDSolver(Solver):
     _type = "SGD"
 
 
-class NesterovSolver(SGDSolver):
-    _type = "Nesterov"
+def _sgd_family(rule):
+    """pycaffe's <rule>Solver: an SGDSolver subclass whose update rule is `rule`."""
+    return type(rule + "Solver", (SGDSolver,), {"_type": rule, "__module__": __name__})
 
 
-class AdaGradSolver(SGDSolver):
-    _type = "AdaGrad"
-
-
-class RMSPropSolver(SGDSolver):
-    _type = "RMSProp"
-
-
-class AdaDeltaSolver(SGDSolver):
-    _type = "AdaDelta"
-
-
-class AdamSolver(SGDSolver):
-    _type = "Adam"
-
+NesterovSolver = _sgd_family("Nesterov")
+AdaGradSolver = _sgd_family("AdaGrad")
+RMSPropSolver = _sgd_family("RMSProp")
+AdaDeltaSolver = _sgd_family("AdaDelta")
+AdamSolver = _sgd_family("Adam")
 
 SOLVER_CLASSES = {cls._type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver,
                                              RMSPropSolver, AdaDeltaSolver, AdamSolver)}
