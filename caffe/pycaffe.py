@@ -37,7 +37,8 @@ class Blob(_LayerBlob):
 
 class ParamBlob(_LayerBlob):
     """A learnable blob of a layer. On the CPU `data` and `diff` share memory with the
-    parameter and its gradient, so writing into them changes the net, as in pycaffe. The
+    parameter and its gradient, so writing into them changes the net, as in pycaffe; on a GPU
+    they are host copies written back before the net next computes (see HostCopies). The
     tensor is looked up at every access, so weights shared later (share_with) are seen."""
 
     def __init__(self, unit, index):
@@ -50,7 +51,8 @@ class ParamBlob(_LayerBlob):
 
     @property
     def data(self):
-        return _host_view(self._tensor.data)
+        tensor = self._tensor
+        return HOST_COPIES.array(tensor, "data", tensor.data)
 
     @property
     def diff(self):
@@ -58,19 +60,43 @@ class ParamBlob(_LayerBlob):
         if tensor.grad is None:
             # Caffe's diff memory always exists; backward then accumulates into it.
             tensor.grad = torch.zeros_like(tensor)
-        return _host_view(tensor.grad)
+        return HOST_COPIES.array(tensor, "diff", tensor.grad)
 
     def reshape(self, *shape):
         raise unsupported("reshaping a learnable blob", "its shape is fixed by the layer's "
                           "parameters; edit the net definition instead")
 
 
-def _host_view(tensor):
-    if tensor.device.type != "cpu":
-        raise unsupported("reading a parameter of a net on the GPU as an array",
-                          "call caffe.set_mode_cpu() before creating the net to edit weights "
-                          "in place")
-    return tensor.numpy()
+class HostCopies:
+    """Caffe's SyncedMemory for parameters on a GPU. A parameter's array is its memory on the
+    CPU; on a GPU it is a host copy, and every copy handed out is written back to its tensor
+    before anything computes with the parameters again (`write_back`), as Caffe makes the host
+    copy current after mutable_cpu_data. Writes into a copy after that point are not seen,
+    as in Caffe."""
+
+    def __init__(self):
+        self._handed = {}      # (id of the parameter, "data" / "diff") -> (tensor, array)
+
+    @staticmethod
+    def shares_memory(tensor):
+        return tensor.device.type == "cpu"
+
+    def array(self, parameter, which, tensor):
+        if self.shares_memory(tensor):
+            return tensor.numpy()
+        key = (id(parameter), which)
+        if key not in self._handed:
+            self._handed[key] = (tensor, tensor.detach().to("cpu", copy=True).numpy())
+        return self._handed[key][1]
+
+    def write_back(self):
+        with torch.no_grad():
+            for tensor, array in self._handed.values():
+                tensor.copy_(torch.from_numpy(array))
+        self._handed.clear()
+
+
+HOST_COPIES = HostCopies()
 
 
 class LayerView:
@@ -224,6 +250,7 @@ class Net:
         return {name: self._blob(name, "backward(diffs=...)").diff for name in set(wanted)}
 
     def _forward(self, start, end):
+        HOST_COPIES.write_back()
         self._follow_current_mode()
         self._feed_inputs()
         loss = 0.0
@@ -258,6 +285,7 @@ class Net:
         blob.diff = np.full_like(blob.data, self._loss_weights.get(name, 0.0))
 
     def _backward(self, start, end):
+        HOST_COPIES.write_back()
         self._follow_current_mode()
         for index in range(start, end - 1, -1):
             self._call_hooks("before_backward", index)
@@ -394,6 +422,7 @@ class Net:
             callback(index)
 
     def clear_param_diffs(self):
+        HOST_COPIES.write_back()
         for unit in self._net.units:
             for tensor in unit.blobs:
                 if tensor.grad is not None:
@@ -466,6 +495,7 @@ class Net:
 
     def copy_from(self, filename):
         """Load weights by layer name from a .caffemodel (or Caffe's HDF5 weights, .h5)."""
+        HOST_COPIES.write_back()
         filename = os.fspath(filename)
         if filename.endswith((".h5", ".hdf5")):
             self.load_hdf5(filename)
@@ -474,15 +504,18 @@ class Net:
 
     def share_with(self, other):
         """Use `other`'s weights for every layer of the same name (shapes must match)."""
+        HOST_COPIES.write_back()
         self._net.share_weights_from(other._net)
 
     def save(self, filename):
         """Write the weights as a binary .caffemodel (Caffe's NetParameter with blobs)."""
+        HOST_COPIES.write_back()
         weight_files.write_bytes_atomically(os.fspath(filename),
                                             self._net.to_proto().SerializeToString())
 
     def save_hdf5(self, filename):
         """Write the weights in Caffe's HDF5 layout: data/<layer>/<blob index>."""
+        HOST_COPIES.write_back()
         owners = set()
         with h5py.File(os.fspath(filename), "w") as handle:
             data = handle.create_group("data")
@@ -497,6 +530,7 @@ class Net:
 
     def load_hdf5(self, filename):
         """Load weights written by save_hdf5 (or Caffe's Net::ToHDF5), by layer name."""
+        HOST_COPIES.write_back()
         units = {layer.name: unit for layer, unit in zip(self._layers, self._net.units)}
         with h5py.File(os.fspath(filename), "r") as handle:
             if "data" not in handle:

@@ -9,7 +9,7 @@ from runtime.updates import learning_rate
 
 from . import _caffe
 from ._caffe import unsupported
-from .pycaffe import Net
+from .pycaffe import HOST_COPIES, Net
 
 
 class Solver:
@@ -35,10 +35,22 @@ class Solver:
         self._solver = runtime.solver.Solver(document, device=device)
         self._net = Net._wrap(self._solver.net)
         self._test_nets = [Net._wrap(net) for net in self._solver.test_nets]
-        # Each iteration reads the input blobs as the script (or its callbacks) left them;
-        # callbacks reading the train net's blobs before the update see this iteration's.
-        self._solver.on_start.append(self._feed_inputs)
-        self._solver.on_gradients_ready.append(self._net._pull_last_run)
+        self._on_start, self._on_gradients_ready = [], []     # add_callback's callables
+        self._solver.on_start.append(self._start_iteration)
+        self._solver.on_gradients_ready.append(self._gradients_ready)
+
+    def _start_iteration(self):
+        for callback in self._on_start:
+            callback()
+        # The iteration reads the input blobs and parameters as the callbacks left them.
+        self._feed_inputs()
+        HOST_COPIES.write_back()
+
+    def _gradients_ready(self):
+        self._net._pull_last_run()         # callbacks see this iteration's blobs
+        for callback in self._on_gradients_ready:
+            callback()
+        HOST_COPIES.write_back()
 
     def _feed_inputs(self):
         for net in [self._net] + self._test_nets:
@@ -73,21 +85,26 @@ class Solver:
 
     def step(self, iters):
         self._feed_inputs()
+        HOST_COPIES.write_back()
         self._solver.step(int(iters))
         self._pull_last_runs()
 
     def solve(self, resume_file=None):
         self._feed_inputs()
+        HOST_COPIES.write_back()
         self._solver.solve(os.fspath(resume_file) if resume_file else None)
         self._pull_last_runs()
 
     def snapshot(self):
+        HOST_COPIES.write_back()
         self._solver.snapshot()
 
     def restore(self, state_file):
+        HOST_COPIES.write_back()
         self._solver.restore(os.fspath(state_file))
 
     def apply_update(self):
+        HOST_COPIES.write_back()
         self._solver.apply_update()
 
     def share_weights(self, net):
@@ -99,8 +116,8 @@ class Solver:
         if on_gradients_ready is None:
             raise unsupported("Solver.add_callback(nccl)", "multi-GPU NCCL training is not "
                               "provided; pass two callables (on_start, on_gradients_ready)")
-        self._solver.on_start.append(on_start)
-        self._solver.on_gradients_ready.append(on_gradients_ready)
+        self._on_start.append(on_start)
+        self._on_gradients_ready.append(on_gradients_ready)
 
 
 class SGDSolver(Solver):

@@ -122,6 +122,51 @@ def test_memory_data_layer_takes_input_arrays(tmp_path):
     np.testing.assert_array_equal(net.blobs["label"].data, [2, 3])
 
 
+# --- parameters on a GPU: host copies written back (exercised here by forcing copies) -------
+
+@pytest.fixture
+def host_copies(monkeypatch):
+    """Parameter arrays behave as on a GPU: copies, not the tensors' memory."""
+    monkeypatch.setattr(caffe.pycaffe.HostCopies, "shares_memory", staticmethod(lambda t: False))
+
+
+def test_host_copies_are_written_back_before_the_next_forward(net, host_copies):
+    ones = np.ones((3, 2, 5, 5), np.float32)
+    assert net.forward(data=ones)["ip"].any()
+    weights = net.params["ip"][0].data
+    assert not np.shares_memory(weights, net.layers[3].blobs[0]._tensor.detach().numpy())
+    weights[...] = 0
+    assert net.params["ip"][0].data is weights        # the same copy until written back
+    assert not net.forward(data=ones)["ip"].any()     # the zeros reached the tensor (no bias)
+    np.testing.assert_array_equal(net.layers[3].blobs[0]._tensor.detach().numpy(), 0)
+    weights[...] = 1                                   # too late: written back already
+    assert not net.forward(data=ones)["ip"].any()
+    np.testing.assert_array_equal(net.params["ip"][0].data, 0)
+
+
+def test_host_copies_edited_in_callbacks_reach_the_update(tmp_path, host_copies):
+    (tmp_path / "net.prototxt").write_text(
+        'layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 2 } } }\n'
+        'layer { name: "y" type: "Input" top: "y" input_param { shape { dim: 4 dim: 1 } } }\n'
+        'layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip" inner_product_param '
+        '{ num_output: 1 weight_filler { type: "constant" value: 0.5 } } }\n'
+        'layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "y" top: "loss" }\n')
+    (tmp_path / "solver.prototxt").write_text(
+        f'net: "{tmp_path / "net.prototxt"}"\nbase_lr: 0.1\nlr_policy: "fixed"\n'
+        'max_iter: 1\ndisplay: 0\nsnapshot_prefix: "unused"\n')
+    solver = caffe.SGDSolver(str(tmp_path / "solver.prototxt"))
+    solver.net.blobs["x"].data[...] = 1
+    solver.net.blobs["y"].data[...] = 3
+
+    def freeze_bias():
+        solver.net.params["ip"][1].diff[...] = 0
+    solver.add_callback(lambda: None, freeze_bias)
+    solver.step(1)
+    np.testing.assert_array_equal(solver.net.params["ip"][1].data, [0])
+    # d loss / d w = (2 x 0.5 - 3) x 1 = -2 per weight, so w = 0.5 + 0.1 x 2
+    np.testing.assert_allclose(solver.net.params["ip"][0].data, [[0.7, 0.7]], rtol=1e-6)
+
+
 # --- mode and refused calls ------------------------------------------------------------------
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
