@@ -473,9 +473,9 @@ class Net:
             value = np.asarray(value)
             blob = self._blobs[name]
             if value.shape[:1] != blob.shape[:1]:
-                raise ValueError(f"Net.{call}(): '{name}' holds {value.shape[:1] or 'no'} "
-                                 f"items, the net's batch is {blob.shape[:1]} (use {call}_all, "
-                                 "or reshape the blob first)")
+                raise ValueError(f"Net.{call}(): '{name}' has shape {value.shape}, the blob "
+                                 f"{blob.shape}: the batch sizes differ (use {call}_all, or "
+                                 "reshape the blob first)")
             getattr(blob, field)[...] = value
 
     def _layer_index(self, name, call, default):
