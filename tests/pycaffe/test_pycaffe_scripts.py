@@ -20,7 +20,9 @@ def run_python(args, cwd, extra_env=None, timeout=240):
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
 def test_script_runs_unchanged(script, tmp_path):
-    result = run_python([str(script)], tmp_path)
+    # Python layer modules the scripts write are imported from PYTHONPATH, as Caffe does.
+    path = os.pathsep.join(p for p in [str(tmp_path), os.environ.get("PYTHONPATH")] if p)
+    result = run_python([str(script)], tmp_path, {"PYTHONPATH": path})
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip().splitlines()[-1] == "OK"
 

@@ -1,4 +1,5 @@
-"""A Python loss layer (pycaffe's pyloss.EuclideanLossLayer pattern) in a linear-regression net:
+"""A Python loss layer (pycaffe's pyloss.EuclideanLossLayer pattern; its module is written to the
+working directory, which is on PYTHONPATH as Caffe needs) in a linear-regression net:
 its loss and gradients checked against NumPy, then trained with SGDSolver."""
 import numpy as np
 
