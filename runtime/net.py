@@ -177,23 +177,27 @@ class Net(nn.Module):
             # Caffe computes input diffs only when asked to (saliency, deep-dream scripts).
             self.force_backward = bool(message.force_backward)
             compiled = compiler.compile_net(net, phase, stages, level, input_shapes)
-            unknown = self._data_layers_with_unknown_tops(compiled)
-            if unknown:
-                # Data layers whose shapes only their source knows (Python layers, files the
-                # compiler does not open) report them once built; then compile again.
+            unknown = self._layers_that_tell_their_shapes(compiled)
+            while unknown:
+                # Data layers whose shapes only their source knows (files the compiler does not
+                # open) and Python layers (their reshape() decides) report them once built, as
+                # Caffe's Net::Init learns them from SetUp; then compile again.
                 for layer in unknown:
                     unit = self._instantiate(layer)
                     self._prebuilt[layer.key] = unit
                     input_shapes.update(zip(layer.tops, unit.top_shapes()))
                 compiled = compiler.compile_net(net, phase, stages, level, input_shapes)
+                unknown = self._layers_that_tell_their_shapes(compiled)
         self._check_shapes_known(compiled)
         return compiled
 
-    @staticmethod
-    def _data_layers_with_unknown_tops(compiled):
+    def _layers_that_tell_their_shapes(self, compiled):
+        """Data and Python layers with unknown top shapes, all bottom shapes known, not built."""
         return [layer for layer in compiled.layers
-                if not layer.bottoms and layer.tops and layer.type != "Input"
-                and any(shape is None for shape in layer.top_shapes)]
+                if layer.tops and layer.type != "Input" and layer.key not in self._prebuilt
+                and (not layer.bottoms or layer.type == "Python")
+                and any(shape is None for shape in layer.top_shapes)
+                and all(shape is not None for shape in layer.bottom_shapes)]
 
     @staticmethod
     def _check_shapes_known(compiled):
@@ -363,6 +367,29 @@ class Net(nn.Module):
                 if carried is not None:
                     setattr(unit, f"{name}_carry",
                             carried.index_select(1, index.to(carried.device)))
+
+    # --- one layer at a time (the `caffe` package's pycaffe Net drives these) --------------
+
+    def run_layer(self, index, bottoms):
+        """Run layer `index` alone on `bottoms` (tensors) and return its tops. Bottoms Caffe
+        gives no gradient are cut; a data layer's tops come back on the net's device."""
+        layer, unit = self.compiled.layers[index], self.units[index]
+        tops = unit(*self._cut_gradients(layer, unit, list(bottoms)))
+        if not layer.bottoms:
+            tops = tuple(self._as_device_tensor(t) for t in tops)
+        return tops
+
+    def input_array(self, name, array=None):
+        """The float32 array input blob `name` is read from when run() is not given it: write
+        into it in place. A given `array` (float32, C-contiguous) becomes that array."""
+        if array is not None:
+            self._input_buffers[name] = array
+        self._input_tensor(name)
+        return self._input_buffers[name]
+
+    def last_value(self, name):
+        """The tensor blob `name` had at the end of the last run() (its last version), or None."""
+        return self._latest_value(name)
 
     # --- pycaffe surface --------------------------------------------------------------------
 

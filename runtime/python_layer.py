@@ -19,13 +19,12 @@ numpy `.data` / `.diff`.
 - Python layers cannot hold learnable blobs here (pycaffe's `self.blobs`).
 - A snapshot keeps a Python layer's own state only when its class defines resume_state()
   (returning dicts, lists, numbers, strings and numpy arrays) and restore_state(state).
-- `import caffe` in a user module finds a small shim (runtime/caffe_shim) when no real pycaffe
-  is installed, or always with LRCN_CAFFE_SHIM=1.
+- `import caffe` in a user module finds this distribution's `caffe` package (pycaffe's API),
+  unless a real pycaffe comes earlier on the Python path.
 """
 
 import contextlib
 import importlib
-import importlib.util
 import inspect
 import os
 import sys
@@ -38,20 +37,6 @@ from runtime.layers.base import CaffeLayer
 from runtime.layers.registry import register
 
 TRAIN, TEST = 0, 1
-SHIM_DIRECTORY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "caffe_shim")
-
-
-def ensure_caffe_importable():
-    """Make `import caffe` work for user layers: the real pycaffe if installed, else the shim."""
-    forced = os.environ.get("LRCN_CAFFE_SHIM", "").strip() in ("1", "true", "yes")
-    if forced:
-        if SHIM_DIRECTORY not in sys.path:
-            sys.path.insert(0, SHIM_DIRECTORY)
-        return
-    if "caffe" in sys.modules or SHIM_DIRECTORY in sys.path:
-        return
-    if importlib.util.find_spec("caffe") is None:
-        sys.path.append(SHIM_DIRECTORY)
 
 
 class Blob:
@@ -148,7 +133,6 @@ def _not_found_hint(module, location):
 def _import_layer_class(layer):
     param = layer.param.python_param
     location = tuple(getattr(layer, "location", None) or (None, None, None))
-    ensure_caffe_importable()
     try:
         with _searching(_allowed_directories):
             module = importlib.import_module(param.module)

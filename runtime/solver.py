@@ -99,6 +99,10 @@ class Solver:
         self.requested_action = None     # "snapshot" / "stop", set by signal handlers
         self.stopped_early = False
         self.callbacks = []               # callables(solver, outputs) after each iteration
+        # Caffe's Solver::Callback points (pycaffe's add_callback): callables without arguments,
+        # run before an iteration's forward/backward and before its update.
+        self.on_start = []
+        self.on_gradients_ready = []
         self.last_outputs = {}
         self.last_test_scores = {}
         self._last_snapshot_iter = None
@@ -188,6 +192,8 @@ class Solver:
                     self.stopped_early = True
                     break
             display = param.display and self.iter % param.display == 0
+            for hook in self.on_start:
+                hook()
             loss = 0.0
             for _ in range(param.iter_size):
                 outputs = self.net.forward_backward()
@@ -202,6 +208,8 @@ class Solver:
                          f"{param.display} iters), loss = {_fmt(self._smoothed_loss)}")
                 timer, iterations_last = time.perf_counter(), self.iter
                 self._log_outputs("Train", self.net, outputs)
+            for hook in self.on_gradients_ready:
+                hook()
             self.apply_update(display)
             self.iter += 1
             for callback in self.callbacks:

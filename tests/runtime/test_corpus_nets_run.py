@@ -117,8 +117,8 @@ STAND_IN_SHAPES = {
 }
 
 # Python layers with bottoms that are not data layers: the module (a transcription of the one
-# the net was written for; the corpus holds only the net) and the shapes of its tops, which the
-# Net takes through input_shapes (it learns only bottomless Python layers' shapes by building).
+# the net was written for; the corpus holds only the net) and the shapes of its tops, given
+# through input_shapes (the Net would also learn them from the layer's reshape()).
 PYLOSS = """
 import caffe
 import numpy as np
