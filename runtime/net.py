@@ -477,14 +477,10 @@ class Net(nn.Module):
                 raise CompileError(f"layer '{layer_name}': the weights file has {len(blobs)} "
                                    f"blobs, the net's layer has {len(unit.blobs)}", path)
             for index, (blob, target) in enumerate(zip(blobs, unit.blobs)):
-                if not weight_files.shapes_match(blob, target.shape):
-                    raise CompileError(
-                        f"layer '{layer_name}' blob {index}: shape mismatch: the weights file "
-                        f"has {list(weight_files.blob_shape(blob))}, the net needs "
-                        f"{list(target.shape)}", path)
-                array = weight_files.blob_to_array(blob, f"{path}: layer '{layer_name}'")
+                array = weight_files.blob_for_shape(blob, target.shape, path,
+                                                    f"layer '{layer_name}' blob {index}")
                 with torch.no_grad():
-                    target.copy_(torch.from_numpy(array.reshape(tuple(target.shape))))
+                    target.copy_(torch.from_numpy(array))
 
     def share_weights_from(self, other):
         """Use another net's tensors for every layer of the same name (Caffe's test nets share

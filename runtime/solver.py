@@ -309,8 +309,7 @@ class Solver:
 
     def restore(self, state_file):
         """Resume from a .solverstate (Caffe's or ours); bit-identical with the .lrcn sidecar."""
-        state = weight_files.read_binary_message(state_file, caffe_pb2.SolverState(),
-                                                 ".solverstate")
+        state = weight_files.read_solver_state(state_file)
         self.iter = state.iter
         if state.learned_net:
             learned = state.learned_net
@@ -327,9 +326,11 @@ class Solver:
         blobs = iter(state.history)
         with torch.no_grad():
             for index in range(self.rule.histories):
-                for history in self.history:
-                    array = weight_files.blob_to_array(next(blobs), state_file)
-                    history[index].copy_(torch.from_numpy(array).reshape(history[index].shape))
+                for number, history in enumerate(self.history):
+                    position = index * len(self.history) + number
+                    array = weight_files.blob_for_shape(next(blobs), history[index].shape,
+                                                        state_file, f"history blob {position}")
+                    history[index].copy_(torch.from_numpy(array))
         sidecar = state_file + ".lrcn"
         if os.path.exists(sidecar):
             self._load_sidecar_state(torch.load(sidecar, weights_only=False))
