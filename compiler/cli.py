@@ -16,6 +16,7 @@ from .graph import compile_net
 from .netstate import candidate_states, describe_state, net_state, solver_net_states
 from .schema import load_file
 from .upgrade import upgrade
+from .validate import check_solver
 
 
 class ToolParser(argparse.ArgumentParser):
@@ -108,11 +109,12 @@ def _check_net(document):
 
 
 def _check_solver(document):
+    notes = check_solver(document)
     for selection in solver_net_states(document):
         context = (f"compiled as the solver's {selection.role} net "
                    f"({describe_state(selection.state)})")
         _compile_in_context(selection.document or selection.source, selection.state, context)
-    return []
+    return notes
 
 
 def _compile_in_context(net, state, context):

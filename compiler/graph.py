@@ -25,6 +25,7 @@ from .errors import CompileError, did_you_mean
 from .netstate import describe_state, filter_net, phase_name
 from .schema import Document, load_file
 from .upgrade import upgrade
+from .validate import check_fillers
 
 AUTOMATIC_TOP = "(automatic)"   # Caffe's name for a top it adds to a loss layer (AutoTopBlobs)
 
@@ -342,6 +343,8 @@ class _NetBuilder:
             top_shapes, param_shapes, flops = [None] * len(layer.top), None, None
         else:
             top_shapes, param_shapes, flops = inferred
+        check_fillers(layer, param_shapes, top_shapes,
+                      lambda *path: self.places.locate(index, *path))
         specs, keys = self._param_specs(layer, param_shapes, index)
         compiled = CompiledLayer(
             name=layer.name, key=self._key_for(layer.name), type=layer.type, param=layer,

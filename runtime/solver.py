@@ -24,7 +24,8 @@ from compiler.errors import CompileError
 from lrcn_proto import caffe_pb2
 from runtime import weights as weight_files
 from runtime.net import Net
-from runtime.updates import LR_POLICIES, UPDATE_RULES, clip_gradients, learning_rate, regularize
+from compiler.validate import check_solver
+from runtime.updates import UPDATE_RULES, clip_gradients, learning_rate, regularize
 
 
 # Fields accepted but with no effect here, and why (the rest of SolverParameter is implemented).
@@ -92,23 +93,8 @@ class Solver:
     # --- set-up ---------------------------------------------------------------------------
 
     def _check_parameters(self):
-        param = self.param
-        if param.type not in UPDATE_RULES:
-            raise self.document.error(f"unknown solver type '{param.type}'", ("type",),
-                                      "types: " + ", ".join(UPDATE_RULES))
-        if param.lr_policy not in LR_POLICIES:
-            raise self.document.error(f"unknown lr_policy '{param.lr_policy}'", ("lr_policy",),
-                                      "policies: " + ", ".join(LR_POLICIES))
-        if param.lr_policy == "step" and param.stepsize <= 0:
-            raise self.document.error("lr_policy \"step\" needs stepsize > 0", ("lr_policy",))
-        if param.regularization_type not in ("L1", "L2"):
-            raise self.document.error(f"unknown regularization_type "
-                                      f"'{param.regularization_type}'",
-                                      ("regularization_type",), "use \"L2\" or \"L1\"")
-        if param.iter_size < 1:
-            raise self.document.error("iter_size must be at least 1", ("iter_size",))
-        if param.average_loss < 1:
-            raise self.document.error("average_loss must be at least 1", ("average_loss",))
+        # The validation lrcn-check runs, so a solver it passes does not fail here.
+        check_solver(self.document)
 
     def _device_from_mode(self):
         if self.param.solver_mode == caffe_pb2.SolverParameter.GPU:

@@ -104,11 +104,13 @@ def test_shape_errors_are_reported(files, capsys):
 
 def test_solver_compiles_each_net_with_its_state(files, capsys):
     files("net.prototxt", VARIANT_NET)
-    good = files("good_solver.prototxt", 'net: "net.prototxt"\ntrain_state { stage: "small" }\n'
+    good = files("good_solver.prototxt", 'net: "net.prototxt"\nlr_policy: "fixed"\n'
+                                         'train_state { stage: "small" }\n'
                                          'test_iter: 1\ntest_state { stage: "big" }\n'
                                          'test_interval: 10\n')
     # A stage set that picks no variant: Caffe would fail to build the test net.
-    bad = files("bad_solver.prototxt", 'net: "net.prototxt"\ntrain_state { stage: "small" }\n'
+    bad = files("bad_solver.prototxt", 'net: "net.prototxt"\nlr_policy: "fixed"\n'
+                                       'train_state { stage: "small" }\n'
                                        'test_iter: 1\ntest_state { stage: "other" }\n'
                                        'test_interval: 10\n')
     assert run_check(good, bad) == 1
@@ -122,7 +124,8 @@ def test_solver_compiles_each_net_with_its_state(files, capsys):
 
 
 def test_solver_errors_are_located_in_the_solver(files, capsys):
-    path = files("solver.prototxt", 'base_lr: 0.1\ntrain_net: "missing.prototxt"\n')
+    path = files("solver.prototxt", 'base_lr: 0.1\ntrain_net: "missing.prototxt"\n'
+                                    'lr_policy: "fixed"\n')
     assert run_check(path) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"{path}:2:1: net file not found: missing.prototxt\n  hint: tried ")
