@@ -55,6 +55,16 @@ def human_bytes(number):
     return f"{number} B"
 
 
+def memory_text(memory):
+    """(param bytes, activation bytes) or None -> 'memory: 1.2 MiB (params 1.0 MiB +
+    activations 208.0 KiB, float32, forward)'."""
+    if memory is None:
+        return "memory: ? (some shapes are unknown until the data is read)"
+    params, activations = memory
+    return (f"memory: {human_bytes(params + activations)} (params {human_bytes(params)} + "
+            f"activations {human_bytes(activations)}, float32, forward)")
+
+
 class MemoryBudget:
     """Adds up a net's blobs layer by layer while it compiles; the first layer that takes the
     total over the limit, or makes a blob larger than Caffe allows, is the error."""

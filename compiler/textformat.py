@@ -38,6 +38,7 @@ class Scalar:
     """One value as written: kind is "string", "number" or "identifier"."""
     kind: str
     text: str            # number / identifier: as written, with a leading '-' if any
+    #                      (a string keeps only its decoded pieces: text is "")
     line: int
     col: int
     pieces: tuple = ()   # string: the decoded bytes of each adjacent literal
@@ -323,7 +324,7 @@ class _TreeBuilder(lark.Transformer):
     def string(self, tokens):
         first, last = tokens[0], tokens[-1]
         pieces = tuple(unescape(str(token)[1:-1], token) for token in tokens)
-        return Scalar("string", str(first), first.line, first.column, pieces,
+        return Scalar("string", "", first.line, first.column, pieces,
                       end_line=last.line, end_col=last.column)
 
     def number(self, tokens):
