@@ -25,7 +25,7 @@ from .errors import CompileError, did_you_mean
 from .netstate import describe_state, filter_net, phase_name
 from .schema import Document, load_file
 from .upgrade import upgrade
-from .validate import check_fillers
+from .validate import check_filled_blobs_not_empty, check_fillers
 
 AUTOMATIC_TOP = "(automatic)"   # Caffe's name for a top it adds to a loss layer (AutoTopBlobs)
 
@@ -349,6 +349,8 @@ class _NetBuilder:
             top_shapes, param_shapes, flops = inferred
         check_fillers(layer, param_shapes, top_shapes,
                       lambda *path: self.places.locate(index, *path))
+        check_filled_blobs_not_empty(layer, param_shapes, top_shapes,
+                                     lambda *path: self.places.locate(index, *path))
         specs, keys = self._param_specs(layer, param_shapes, index)
         compiled = CompiledLayer(
             name=layer.name, key=self._key_for(layer.name), type=layer.type, param=layer,
@@ -450,6 +452,8 @@ class _NetBuilder:
                                *self.places.locate(layer.index, "top", j),
                                hint="a layer may overwrite a blob only in place (top i named "
                                "like bottom i); otherwise give the top a new name")
+        if in_place:
+            self._check_in_place_shape(layer, j)
         count = self.productions[name]
         self.productions[name] += 1
         version = name if count == 0 else f"{name}@{count}"
@@ -475,6 +479,17 @@ class _NetBuilder:
             self.budget.add(_label(layer), new_params, new_tops)
         except CompileError as error:
             raise CompileError(error.message, *layer.location, hint=error.hint) from None
+
+    def _check_in_place_shape(self, layer, j):
+        # In Caffe an in-place top is its bottom's Blob: reshaping one reshapes the other
+        # under the layer's feet, so an in-place layer must keep the shape.
+        before, after = layer.bottom_shapes[j], layer.top_shapes[j]
+        if before is not None and after is not None and tuple(before) != tuple(after):
+            name = layer.top_names[j]
+            raise CompileError(f"{_label(layer)}: computes '{name}' in place but changes its "
+                               f"shape from {tuple(before)} to {tuple(after)}",
+                               *self.places.locate(layer.index, "top", j),
+                               hint="give the top a name of its own")
 
     def _key_for(self, name):
         count = self.name_counts[name]

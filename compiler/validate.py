@@ -152,6 +152,21 @@ def _snapshot_dir_problem(directory, param, document):
 
 # --- fillers ----------------------------------------------------------------------------------
 
+def check_filled_blobs_not_empty(layer, param_shapes, top_shapes, locate):
+    """filler.hpp CHECKs that every blob it fills has values: an empty learnable blob, or an
+    empty DummyData top, is refused by Caffe, and so here."""
+    filled = [("learnable blob", i, shape) for i, shape in enumerate(param_shapes or [])]
+    if layer.type == "DummyData":
+        filled += [("top", i, shape) for i, shape in enumerate(top_shapes or [])]
+    for what, index, shape in filled:
+        if shape is not None and 0 in shape:
+            named = f" '{layer.top[index]}'" if what == "top" else f" {index}"
+            raise CompileError(f"layer '{layer.name}' ({layer.type}): {what}{named} of shape "
+                               f"{tuple(shape)} is empty, and Caffe's fillers refuse an empty "
+                               "blob", *locate(), hint="every dimension of a filled blob must "
+                               "be at least 1")
+
+
 def check_fillers(layer, param_shapes, top_shapes, locate):
     """The fillers of one layer, as filler.hpp's GetFiller and Fill check them. Shapes may be
     None (unknown). locate(*field_path) -> (file, line, col) inside the layer."""

@@ -27,6 +27,20 @@ from runtime import weights as weight_files
 from runtime.layers.registry import unit_for
 
 
+def layer_error(layer, error):
+    """A unit's failure (its parameters at construction, its inputs when running, torch's own
+    complaints such as an allocation that failed) as one error at the layer's place."""
+    message = str(error).strip() or type(error).__name__
+    label = f"layer '{layer.name}' ({layer.type})"
+    for prefix in (f"layer {layer.name!r} ({layer.type}): ", f"layer {layer.name!r}: ",
+                   f"{layer.name}: ", f"{layer.type} layer {layer.name!r}: "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+            break
+    file, line, col = layer.location or (None, None, None)
+    return CompileError(f"{label}: {message}", file, line, col)
+
+
 class Outputs(dict):
     """The output blobs of one forward pass by name, plus `.loss`: the weighted objective
     (zero when the net has no loss)."""
@@ -211,7 +225,10 @@ class Net(nn.Module):
             file, line, col = layer.location
             raise CompileError(f"layer '{layer.name}': type '{layer.type}' is not supported by "
                                "the runtime", file, line, col)
-        return unit_class(layer, self.rng)
+        try:
+            return unit_class(layer, self.rng)
+        except (ValueError, RuntimeError) as error:
+            raise layer_error(layer, error) from None
 
     def _build_unit(self, layer):
         prebuilt = self._prebuilt.pop(layer.key, None)
@@ -295,7 +312,10 @@ class Net(nn.Module):
             else:
                 bottoms = [values[b] for b in layer.bottoms]
                 bottoms = self._cut_gradients(layer, unit, bottoms)
-                tops = unit(*bottoms)
+                try:
+                    tops = unit(*bottoms)
+                except (ValueError, RuntimeError) as error:
+                    raise layer_error(layer, error) from None
                 if not layer.bottoms:   # data layers produce CPU tensors
                     tops = tuple(self._as_device_tensor(t) for t in tops)
                     if self.force_backward:
