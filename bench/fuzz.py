@@ -4,7 +4,7 @@ reached, and every traceback (an exception that is not the project's CompileErro
 
     python bench/fuzz.py [--mutants 20000] [--seed 1]
 
-The suite runs the same harness (tests/fuzz_nets.py) on 1,000 mutants.
+The suite runs the same harness (tests/fuzz_nets.py) on 800 mutants.
 """
 
 import argparse
