@@ -1,6 +1,7 @@
 """Memory and time of parsing big files, and the cost of compiling per layer.
 
-    python bench/bench_parse_memory.py [--megabytes 50] [--layers 1000,2000,4000]
+    python bench/bench_parse_memory.py [--megabytes 50] [--kinds string,layers]
+                                       [--layers 1000,2000,4000]
 
 Each parse runs in a process of its own and reports its peak resident memory (ru_maxrss) above
 what the same process held just before parsing, per byte of the file: a file of one long string
@@ -94,6 +95,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--megabytes", type=float, default=50)
+    parser.add_argument("--kinds", default="string,layers",
+                        help="which files: one long string literal, many small layers")
     parser.add_argument("--layers", default="1000,2000,4000")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -103,7 +106,7 @@ def main():
     size = int(args.megabytes * 2 ** 20)
     print(f"parse of a {args.megabytes:g} MB file (peak resident memory above the process "
           "before parsing, per byte of the file):")
-    for kind in ("string", "layers"):
+    for kind in args.kinds.split(","):
         per_byte, seconds = parse_memory(kind, size)
         print(f"  {kind:7s}  {per_byte:6.1f} bytes per byte  ({per_byte * size / 2 ** 30:.2f} "
               f"GiB), {seconds:.1f} s")

@@ -21,10 +21,10 @@ import torch
 
 import compiler
 from compiler.errors import CompileError
+from compiler.validate import check_solver
 from lrcn_proto import caffe_pb2
 from runtime import weights as weight_files
 from runtime.net import Net
-from compiler.validate import check_solver
 from runtime.updates import UPDATE_RULES, clip_gradients, learning_rate, regularize
 
 
