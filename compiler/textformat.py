@@ -38,16 +38,16 @@ class Scalar:
     """One value as written: kind is "string", "number" or "identifier"."""
     kind: str
     text: str            # number / identifier: as written, with a leading '-' if any
-    #                      (a string keeps only its decoded pieces: text is "")
+    #                      (a string keeps only its decoded bytes: text is "")
     line: int
     col: int
-    pieces: tuple = ()   # string: the decoded bytes of each adjacent literal
+    data: bytes = b""    # string: the decoded bytes, adjacent literals joined
     end_line: int = 0    # where its last token starts
     end_col: int = 0
 
     @property
     def bytes_value(self):
-        return b"".join(self.pieces)
+        return self.data
 
     def describe(self):
         if self.kind == "string":
@@ -323,8 +323,8 @@ class _TreeBuilder(lark.Transformer):
 
     def string(self, tokens):
         first, last = tokens[0], tokens[-1]
-        pieces = tuple(unescape(str(token)[1:-1], token) for token in tokens)
-        return Scalar("string", "", first.line, first.column, pieces,
+        data = b"".join(unescape(str(token)[1:-1], token) for token in tokens)
+        return Scalar("string", "", first.line, first.column, data,
                       end_line=last.line, end_col=last.column)
 
     def number(self, tokens):
