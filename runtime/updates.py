@@ -10,14 +10,13 @@ import math
 
 import torch
 
-from compiler.validate import LR_POLICIES  # noqa: F401  (the policies and their checks)
-
 
 def learning_rate(solver, iteration, current_step):
     """(rate, current_step) for the pre-increment iteration, like SGDSolver::GetLearningRate.
 
     current_step is the multistep position Caffe keeps (and stores in .solverstate): it moves
-    at most one step per call. The policy's fields were checked by compiler.validate.
+    at most one step per call. The policy names and their fields' checks are
+    compiler.validate.LR_POLICIES, run before any work.
     """
     policy = solver.lr_policy
     base = solver.base_lr

@@ -214,8 +214,9 @@ def test_solverstate_is_caffe_readable(problem):
 def test_every_corpus_solver_loads_with_notes(corpus_dir):
     import pathlib
     import compiler
+    from compiler.validate import LR_POLICIES
     from runtime.solver import solver_notes
-    from runtime.updates import LR_POLICIES, UPDATE_RULES
+    from runtime.updates import UPDATE_RULES
     solvers = sorted(pathlib.Path(corpus_dir).rglob("*solver*.prototxt"))
     assert len(solvers) >= 25
     for path in solvers:
