@@ -15,7 +15,9 @@ from .formatter import format_document
 from .graph import compile_net
 from .netstate import candidate_states, describe_state, net_state, solver_net_states
 from .schema import load_file
+from .sizes import memory_text
 from .upgrade import upgrade
+from .validate import check_solver
 
 
 class ToolParser(argparse.ArgumentParser):
@@ -80,33 +82,45 @@ def check_file(path):
 
 def _check_net(document):
     net = upgrade(document.message, document)
-    notes, compiled_any = [], False
+    notes, compiled = [], []
     for phase in ("TRAIN", "TEST"):
         candidates = candidate_states(net, phase)
         if candidates.unusable_reason:
             notes.append(f"{phase} not checked: {candidates.unusable_reason}")
         for state in candidates.states:
-            _compile_in_context(document, state, f"compiled in {describe_state(state)}")
-            compiled_any = True
-    if not compiled_any:
+            compiled.append(_compile_in_context(document, state,
+                                                f"compiled in {describe_state(state)}"))
+    if not compiled:
         # Usable in neither phase: compiling plainly shows the located reason.
         state = net_state(net, "TRAIN")
         _compile_in_context(document, state, f"compiled in {describe_state(state)}")
-    return notes
+    return notes + _memory_notes(compiled)
 
 
 def _check_solver(document):
+    notes = check_solver(document)
+    compiled = []
     for selection in solver_net_states(document):
         context = (f"compiled as the solver's {selection.role} net "
                    f"({describe_state(selection.state)})")
-        _compile_in_context(selection.document or selection.source, selection.state, context)
-    return []
+        compiled.append(_compile_in_context(selection.document or selection.source,
+                                            selection.state, context))
+    return notes + _memory_notes(compiled[:1])
+
+
+def _memory_notes(compiled):
+    """The estimated memory of the largest of the compiled states (a solver: its train net)."""
+    known = [net for net in compiled if net.memory is not None]
+    if not known:
+        return [memory_text(None)] if compiled else []
+    largest = max(known, key=lambda net: sum(net.memory))
+    return [f"{memory_text(largest.memory)} in {describe_state(largest.state)}"]
 
 
 def _compile_in_context(net, state, context):
     # The same file compiles under several states; say which one an error belongs to.
     try:
-        compile_net(net, state=state)
+        return compile_net(net, state=state)
     except CompileError as error:
         hint = f"{error.hint}; {context}" if error.hint else context
         raise CompileError(error.message, error.file, error.line, error.col, hint) from None
@@ -129,7 +143,7 @@ def _check(argv):
         else:
             print(f"{path}: ok")
             for note in notes:
-                print(f"  note: {note}")
+                print(f"  {note}" if note.startswith("memory: ") else f"  note: {note}")
     return 1 if failed else 0
 
 

@@ -34,6 +34,27 @@ class CompileError(Exception):
         return text
 
 
+class CompileErrors(CompileError):
+    """Several independent problems found by one check, in file order. It reads as the first
+    (message, file, line, col, hint) and prints them all, one located message each."""
+
+    def __init__(self, errors):
+        first = errors[0]
+        super().__init__(first.message, first.file, first.line, first.col, first.hint)
+        self.errors = list(errors)
+
+    def __str__(self):
+        return "\n".join(CompileError.__str__(error) for error in self.errors)
+
+
+def raise_all(errors):
+    """Raise nothing, the one error, or all of them as CompileErrors."""
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise CompileErrors(errors)
+
+
 def did_you_mean(word, candidates, what="", limit=3):
     """A hint naming the closest candidates to a misspelt word, or None when none is close."""
     close = difflib.get_close_matches(word, list(candidates), n=limit, cutoff=0.6)

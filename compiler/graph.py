@@ -20,11 +20,12 @@ import networkx as nx
 
 from lrcn_proto import caffe_pb2
 
-from . import shapes
+from . import shapes, sizes
 from .errors import CompileError, did_you_mean
 from .netstate import describe_state, filter_net, phase_name
 from .schema import Document, load_file
 from .upgrade import upgrade
+from .validate import check_filled_blobs_not_empty, check_fillers
 
 AUTOMATIC_TOP = "(automatic)"   # Caffe's name for a top it adds to a loss layer (AutoTopBlobs)
 
@@ -159,7 +160,8 @@ class CompiledNet:
     last version no layer reads, sorted as Caffe lists them. graph: networkx DiGraph with nodes
     ("layer", key) and ("blob", versioned id), edges bottom -> layer -> top. share_groups:
     share key -> [(layer name, blob index), ...], the owner first; every learnable blob is in
-    exactly one group.
+    exactly one group. memory: (parameter bytes, activation bytes) a forward pass holds in
+    float32 (see compiler.sizes), None when some shape is unknown.
     """
     name: str
     phase: str
@@ -175,6 +177,7 @@ class CompiledNet:
     share_groups: dict
     source_file: object
     _by_key: dict = dataclass_field(default_factory=dict, repr=False)
+    memory: tuple = None     # (parameter bytes, activation bytes) in float32; None: unknown
 
     def layer(self, key):
         """The layer with this key (its name, or "name@k" for a repeated name)."""
@@ -307,12 +310,14 @@ class _NetBuilder:
         self.producer = {}           # versioned id -> CompiledLayer
         self.graph = nx.DiGraph()
         self.shares = _ShareRegistry(places)
+        self.budget = sizes.MemoryBudget()
 
     # -- one layer --------------------------------------------------------------------------
 
     def add_layer(self, index, written):
         compiled, written_tops = self._compile_layer(index, written)
         self._check_repeated_name(compiled)
+        self._budget_for(compiled)
         compiled.tops = [self._write_top(compiled, j, anonymous=j >= written_tops)
                          for j in range(len(compiled.param.top))]
         self.shares.join(compiled)
@@ -342,6 +347,10 @@ class _NetBuilder:
             top_shapes, param_shapes, flops = [None] * len(layer.top), None, None
         else:
             top_shapes, param_shapes, flops = inferred
+        check_fillers(layer, param_shapes, top_shapes,
+                      lambda *path: self.places.locate(index, *path))
+        check_filled_blobs_not_empty(layer, param_shapes, top_shapes,
+                                     lambda *path: self.places.locate(index, *path))
         specs, keys = self._param_specs(layer, param_shapes, index)
         compiled = CompiledLayer(
             name=layer.name, key=self._key_for(layer.name), type=layer.type, param=layer,
@@ -443,6 +452,8 @@ class _NetBuilder:
                                *self.places.locate(layer.index, "top", j),
                                hint="a layer may overwrite a blob only in place (top i named "
                                "like bottom i); otherwise give the top a new name")
+        if in_place:
+            self._check_in_place_shape(layer, j)
         count = self.productions[name]
         self.productions[name] += 1
         version = name if count == 0 else f"{name}@{count}"
@@ -453,6 +464,32 @@ class _NetBuilder:
             # Caffe keeps anonymous tops out of reach of later bottoms (and of the outputs).
             self.readable[name] = version
         return version
+
+    def _budget_for(self, layer):
+        """Count the storage this layer adds (new learnable blobs, tops not computed in place)
+        before anything is allocated; too much is an error at this layer."""
+        params = layer.param_shapes or [None] * len(layer.share_keys)
+        new_params = [shape for key, shape in zip(layer.share_keys, params)
+                      if key not in self.shares.owners]
+        bottoms = layer.param.bottom
+        new_tops = [(name, shape) for j, (name, shape)
+                    in enumerate(zip(layer.param.top, layer.top_shapes))
+                    if not (j < len(bottoms) and bottoms[j] == name)]
+        try:
+            self.budget.add(_label(layer), new_params, new_tops)
+        except CompileError as error:
+            raise CompileError(error.message, *layer.location, hint=error.hint) from None
+
+    def _check_in_place_shape(self, layer, j):
+        # In Caffe an in-place top is its bottom's Blob: reshaping one reshapes the other
+        # under the layer's feet, so an in-place layer must keep the shape.
+        before, after = layer.bottom_shapes[j], layer.top_shapes[j]
+        if before is not None and after is not None and tuple(before) != tuple(after):
+            name = layer.top_names[j]
+            raise CompileError(f"{_label(layer)}: computes '{name}' in place but changes its "
+                               f"shape from {tuple(before)} to {tuple(after)}",
+                               *self.places.locate(layer.index, "top", j),
+                               hint="give the top a name of its own")
 
     def _key_for(self, name):
         count = self.name_counts[name]
@@ -579,7 +616,9 @@ class _NetBuilder:
             level=state.level, state=state, layers=self.layers, blobs=self.blobs,
             latest=self.latest, inputs=inputs, outputs=outputs, graph=self.graph,
             share_groups=self.shares.groups, source_file=self.source_file,
-            _by_key=self.by_key)
+            _by_key=self.by_key,
+            memory=(self.budget.param_bytes(), self.budget.activation_bytes())
+            if self.budget.known else None)
 
 
 class _ShareRegistry:

@@ -27,6 +27,7 @@ from .files import temporary_path
 from .graph import compile_net
 from .netstate import filter_net
 from .schema import Document
+from .sizes import memory_text
 from .upgrade import upgrade
 
 FD = _descriptor.FieldDescriptor
@@ -117,7 +118,8 @@ def show_data(compiled):
         "level": compiled.level,
         "layers": layer_rows(compiled),
         "totals": {"params": compiled.total_params(), "flops": compiled.total_flops(),
-                   "layers": len(compiled.layers)},
+                   "layers": len(compiled.layers),
+                   "memory_bytes": None if compiled.memory is None else sum(compiled.memory)},
     }
 
 
@@ -173,6 +175,7 @@ def show_table(compiled):
         params += f" ({exact_count(total_params)})"
     out.append(f"total: {len(compiled.layers)} layers, {params}, "
                f"{human_flops(compiled.total_flops())}")
+    out.append(memory_text(compiled.memory))
     if borrowed:
         out.append("* uses parameters owned by an earlier layer; the total counts them once")
     return "\n".join(out) + "\n"

@@ -48,7 +48,11 @@ _FALSE = {"false", "False", "f", "0"}
 
 @dataclass
 class Document:
-    """A parsed file: the message, what kind it is, and where each field was written."""
+    """A parsed file: the message, what kind it is, and where each field was written.
+
+    positions maps a field path such as ("layer", 3, "bottom", 1) to the syntax-tree item
+    written there (anything with .line and .col: keeping the item costs less than a copy).
+    """
     message: object
     kind: str
     filename: str
@@ -60,7 +64,8 @@ class Document:
         path = tuple(path)
         while path:
             if path in self.positions:
-                return self.positions[path]
+                where = self.positions[path]
+                return (where.line, where.col)
             path = path[:-1]
         return (None, None)
 
@@ -149,7 +154,7 @@ def _fill_message(message, block, path, positions, filename):
                 field_path = path + (item.name, index)
             else:
                 field_path = path + (item.name,)
-            positions[field_path] = (item.line, item.col)
+            positions[field_path] = item
             _set_value(message, field, value, item, field_path, positions, filename)
 
 
@@ -265,11 +270,12 @@ def _convert_enum(field, value, filename):
             return number
     shown = value.text if value.kind != "string" else textformat.render_string(value.bytes_value)
     hint = None
+    written = value.text
     if value.kind == "string":
-        unquoted = value.bytes_value.decode("utf-8", "replace")
-        if unquoted in enum.values_by_name:
-            hint = f"enum values are written without quotes: {field.name}: {unquoted}"
-    hint = hint or did_you_mean(value.text, names)
+        written = value.bytes_value.decode("utf-8", "replace")
+        if written in enum.values_by_name:
+            hint = f"enum values are written without quotes: {field.name}: {written}"
+    hint = hint or did_you_mean(written, names)
     raise CompileError(f"{shown} is not a value of '{field.name}' ({enum.name}); allowed: "
                        f"{', '.join(names)}", filename, value.line, value.col, hint)
 

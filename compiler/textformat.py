@@ -12,8 +12,9 @@ the tree walkers below never recurse deeper than MAX_DEPTH.
 
 import bisect
 import os
+import sys
 import threading
-from dataclasses import dataclass, field as dataclass_field
+from dataclasses import dataclass
 
 import lark
 
@@ -32,18 +33,21 @@ _BRACKET_TEXT = {"LBRACE": "{", "RBRACE": "}", "LANGLE": "<", "RANGLE": ">", "LS
                  "RSQB": "]"}
 
 
-@dataclass
+@dataclass(slots=True)
 class Scalar:
     """One value as written: kind is "string", "number" or "identifier"."""
     kind: str
     text: str            # number / identifier: as written, with a leading '-' if any
+    #                      (a string keeps only its decoded bytes: text is "")
     line: int
     col: int
-    pieces: tuple = ()   # string: the decoded bytes of each adjacent literal
+    data: bytes = b""    # string: the decoded bytes, adjacent literals joined
+    end_line: int = 0    # where its last token starts
+    end_col: int = 0
 
     @property
     def bytes_value(self):
-        return b"".join(self.pieces)
+        return self.data
 
     def describe(self):
         if self.kind == "string":
@@ -51,7 +55,7 @@ class Scalar:
         return f"{'number' if self.kind == 'number' else 'identifier'} {self.text}"
 
 
-@dataclass
+@dataclass(slots=True)
 class Block:
     """The inside of `{ ... }` (or the whole file): fields plus the comments that belong here."""
     fields: list
@@ -60,10 +64,10 @@ class Block:
     close_line: int = 0
     close_col: int = 0
     open_comment: str = None     # comment on the line of `{`
-    footer: list = dataclass_field(default_factory=list)   # comments before `}` / end of file
+    footer: list = ()            # comments before `}` / end of file (a list once there is one)
 
 
-@dataclass
+@dataclass(slots=True)
 class Field:
     """`name: scalar`, `name { block }` or `name: [elements]`."""
     name: str
@@ -73,7 +77,7 @@ class Field:
     value: object                # Scalar, Block, or list of Scalar / Block
     end_line: int = 0
     end_col: int = 0
-    leading: list = dataclass_field(default_factory=list)
+    leading: list = ()           # comments on the lines before (a list once there is one)
     trailing: str = None
 
 
@@ -82,8 +86,11 @@ def _build_parser():
     with _parser_lock:
         if _parser is None:
             with open(_GRAMMAR_PATH, encoding="utf-8") as grammar:
+                # The transformer runs inside the LALR parser, so Fields and Blocks are built
+                # as rules reduce and no intermediate Lark tree is held: parse memory stays a
+                # small multiple of the file size.
                 _parser = lark.Lark(grammar.read(), parser="lalr", lexer="basic",
-                                    maybe_placeholders=False)
+                                    maybe_placeholders=False, transformer=_TreeBuilder())
     return _parser
 
 
@@ -117,30 +124,46 @@ def _line_col_of_offset(data, offset):
 def parse_syntax(text, filename="<string>"):
     """Text -> the root Block with every comment attached, or a located CompileError."""
     parser = _build_parser()
-    tokens, comments = _lex(parser, text, filename)
-    _check_glued_values(tokens, filename)
-    _check_brackets(tokens, filename, text)
+    comments = _scan(parser, text, filename)
     try:
-        tree = parser.parse(text)
+        fields = parser.parse(text)
     except lark.exceptions.UnexpectedInput as error:
-        raise _syntax_error(error, tokens, filename) from None
-    root = Block(fields=[_to_field(child) for child in tree.children],
-                 close_line=text.count("\n") + 2)
+        # Only a failed parse needs the token list, to describe what came before the error.
+        raise _syntax_error(error, _tokens(parser, text), filename) from None
+    root = Block(fields=fields, close_line=text.count("\n") + 2)
     _attach_comments(root, comments)
     return root
 
 
 def _lex(parser, text, filename):
-    tokens, comments = [], []
+    """Every token but whitespace, comments apart; a located error on a character no token
+    starts with."""
     try:
         for token in parser.lex(text, dont_ignore=True):
-            if token.type == "COMMENT":
-                comments.append(token)
-            elif token.type != "WHITESPACE":
-                tokens.append(token)
+            if token.type != "WHITESPACE":
+                yield token
     except lark.exceptions.UnexpectedCharacters as error:
         raise _character_error(error, text, filename) from None
-    return tokens, comments
+
+
+def _scan(parser, text, filename):
+    """One pass over the tokens before parsing: glued values and unmatched brackets become
+    located errors (with a depth limit), and the comments are collected. Only the comments and
+    the open brackets are kept, never the token list."""
+    comments, brackets, previous = [], _BracketStack(filename, text), None
+    for token in _lex(parser, text, filename):
+        if token.type == "COMMENT":
+            comments.append(token)
+            continue
+        _check_glued_values(previous, token, filename)
+        brackets.feed(token)
+        previous = token
+    brackets.finish()
+    return comments
+
+
+def _tokens(parser, text):
+    return [token for token in _lex(parser, text, "<string>") if token.type != "COMMENT"]
 
 
 def _character_error(error, text, filename):
@@ -159,20 +182,23 @@ def _character_error(error, text, filename):
                         "with #")
 
 
-def _check_glued_values(tokens, filename):
+def _check_glued_values(previous, token, filename):
     """`1.5.3` or `12abc` lex as two values with nothing between them: one malformed value."""
-    for previous, token in zip(tokens, tokens[1:]):
-        if (previous.type == "NUMBER" and token.type in ("NUMBER", "NAME")
-                and previous.end_line == token.line and previous.end_column == token.column):
-            raise CompileError(f"malformed value '{previous}{token}'", filename, previous.line,
-                               previous.column, "numbers are written like 3, -2, 0x1F, 0.5, "
-                               "1e-4, 2.; names start with a letter")
+    if (previous is not None and previous.type == "NUMBER" and token.type in ("NUMBER", "NAME")
+            and previous.end_line == token.line and previous.end_column == token.column):
+        raise CompileError(f"malformed value '{previous}{token}'", filename, previous.line,
+                           previous.column, "numbers are written like 3, -2, 0x1F, 0.5, "
+                           "1e-4, 2.; names start with a letter")
 
 
-def _check_brackets(tokens, filename, text):
-    """Match {} <> [] before parsing, so errors name the opener and depth stays bounded."""
-    stack = []
-    for token in tokens:
+class _BracketStack:
+    """Matches {} <> [] before parsing, so errors name the opener and depth stays bounded."""
+
+    def __init__(self, filename, text):
+        self.filename, self.text, self.stack = filename, text, []
+
+    def feed(self, token):
+        stack, filename = self.stack, self.filename
         if token.type in _OPENERS:
             if len(stack) >= MAX_DEPTH:
                 raise CompileError(f"nesting deeper than {MAX_DEPTH} levels", filename,
@@ -193,14 +219,16 @@ def _check_brackets(tokens, filename, text):
                     f"'{closer}' does not match the '{_BRACKET_TEXT[opener.type]}' opened at "
                     f"line {opener.line}, column {opener.column}", filename, token.line,
                     token.column, f"close it with '{_BRACKET_TEXT[_OPENERS[opener.type]]}'")
-    if stack:
-        opener = stack[-1]
-        last_line = text.count("\n") + 1
-        raise CompileError(
-            f"unterminated '{_BRACKET_TEXT[opener.type]}': opened at line {opener.line}, "
-            f"column {opener.column} and never closed", filename, opener.line, opener.column,
-            f"the file ends at line {last_line} with this block still open; add "
-            f"'{_BRACKET_TEXT[_OPENERS[opener.type]]}'")
+
+    def finish(self):
+        if self.stack:
+            opener = self.stack[-1]
+            last_line = self.text.count("\n") + 1
+            raise CompileError(
+                f"unterminated '{_BRACKET_TEXT[opener.type]}': opened at line {opener.line}, "
+                f"column {opener.column} and never closed", self.filename, opener.line,
+                opener.column, f"the file ends at line {last_line} with this block still "
+                f"open; add '{_BRACKET_TEXT[_OPENERS[opener.type]]}'")
 
 
 _TOKEN_WORDS = {
@@ -260,41 +288,59 @@ def _token_index(tokens, token):
     return bisect.bisect_left(keys, (token.line, token.column))
 
 
-# --- Lark tree -> Field / Block ---------------------------------------------------------------
+# --- Lark rules -> Field / Block ---------------------------------------------------------------
 
-def _to_field(tree):
-    name_token = tree.children[0]
-    body = tree.children[1:]
-    if tree.data == "scalar_field":
-        value = _to_scalar(body[0])
-        last = body[0].children[-1]
-        return Field(str(name_token), name_token.line, name_token.column, "scalar", value,
-                     end_line=last.line, end_col=last.column)
-    if tree.data == "message_field":
-        block = _to_block(body[0])
-        return Field(str(name_token), name_token.line, name_token.column, "message", block,
+def _name(token):
+    # Field names repeat thousands of times in a big net; one shared string each.
+    return sys.intern(str(token))
+
+
+class _TreeBuilder(lark.Transformer):
+    """Builds Fields, Blocks and Scalars as the parser reduces each rule."""
+
+    def start(self, children):
+        return children
+
+    def scalar_field(self, children):
+        name_token, scalar = children
+        return Field(_name(name_token), name_token.line, name_token.column, "scalar", scalar,
+                     end_line=scalar.end_line, end_col=scalar.end_col)
+
+    def message_field(self, children):
+        name_token, block = children
+        return Field(_name(name_token), name_token.line, name_token.column, "message", block,
                      end_line=block.close_line, end_col=block.close_col)
-    opener, *body, closer = body
-    elements = [_to_block(e) if e.data == "message" else _to_scalar(e) for e in body]
-    return Field(str(name_token), name_token.line, name_token.column, "list", elements,
-                 end_line=closer.line, end_col=closer.column)
+
+    def list_field(self, children):
+        name_token, opener, *elements, closer = children
+        return Field(_name(name_token), name_token.line, name_token.column, "list", elements,
+                     end_line=closer.line, end_col=closer.column)
+
+    def message(self, children):
+        opener, *fields, closer = children
+        return Block(fields=fields, open_line=opener.line, open_col=opener.column,
+                     close_line=closer.line, close_col=closer.column)
+
+    def string(self, tokens):
+        first, last = tokens[0], tokens[-1]
+        data = b"".join(unescape(str(token)[1:-1], token) for token in tokens)
+        return Scalar("string", "", first.line, first.column, data,
+                      end_line=last.line, end_col=last.column)
+
+    def number(self, tokens):
+        return self._plain("number", tokens)
+
+    def identifier(self, tokens):
+        return self._plain("identifier", tokens)
+
+    @staticmethod
+    def _plain(kind, tokens):
+        first, last = tokens[0], tokens[-1]
+        return Scalar(kind, "".join(str(token) for token in tokens), first.line, first.column,
+                      end_line=last.line, end_col=last.column)
 
 
-def _to_block(tree):
-    opener, *fields, closer = tree.children
-    return Block(fields=[_to_field(f) for f in fields], open_line=opener.line,
-                 open_col=opener.column, close_line=closer.line, close_col=closer.column)
-
-
-def _to_scalar(tree):
-    first = tree.children[0]
-    if tree.data == "string":
-        pieces = tuple(unescape(str(tok)[1:-1], tok) for tok in tree.children)
-        return Scalar("string", str(first), first.line, first.column, pieces)
-    text = "".join(str(tok) for tok in tree.children)
-    return Scalar(tree.data, text, first.line, first.column)
-
-
+_MAX_CODE_POINT = 0x10FFFF
 _SIMPLE_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 92,
                    "'": 39, '"': 34, "?": 63}
 
@@ -304,11 +350,12 @@ def unescape(body, token):
     out = bytearray()
     i, n = 0, len(body)
     while i < n:
-        char = body[i]
-        if char != "\\":
-            out += char.encode("utf-8")
-            i += 1
-            continue
+        backslash = body.find("\\", i)
+        if backslash < 0:
+            out += body[i:].encode("utf-8")
+            break
+        out += body[i:backslash].encode("utf-8")
+        i = backslash
         kind = body[i + 1]
         if kind in _SIMPLE_ESCAPES:
             out.append(_SIMPLE_ESCAPES[kind])
@@ -332,7 +379,12 @@ def unescape(body, token):
             digits = body[i + 2:i + 2 + width]
             if len(digits) != width or any(c not in "0123456789abcdefABCDEF" for c in digits):
                 raise _escape_error(token, i, f"\\{kind} needs {width} hex digits")
-            out += chr(int(digits, 16)).encode("utf-8", "surrogatepass")
+            code = int(digits, 16)
+            if code > _MAX_CODE_POINT:
+                # protobuf's CUnescape refuses these too: no character has such a number.
+                raise _escape_error(token, i, f"\\{kind}{digits} is beyond Unicode "
+                                    f"(the largest code point is U+{_MAX_CODE_POINT:X})")
+            out += chr(code).encode("utf-8", "surrogatepass")
             i += 2 + width
         else:
             raise _escape_error(token, i, f"unknown escape '\\{kind}'")
@@ -404,22 +456,31 @@ def _attach_comments(root, comments):
                 if target.open_comment is None:
                     target.open_comment = text
                     continue
-                target.footer.append(text)
+                _add_comment(target, "footer", text)
             elif target.trailing is None:
                 target.trailing = text
                 continue
             else:
-                target.leading.append(text)   # a second trailing comment is kept, not lost
+                _add_comment(target, "leading", text)   # a second trailing comment is kept
             continue
         after = anchors[index] if index < len(anchors) else None
         if after is None:
-            root.footer.append(text)
+            _add_comment(root, "footer", text)
         elif after[3] == "start":
-            after[4].leading.append(text)
+            _add_comment(after[4], "leading", text)
         elif after[3] == "close":
-            after[4].footer.append(text)
+            _add_comment(after[4], "footer", text)
         else:   # the end of a list whose elements span lines
-            after[4].leading.append(text)
+            _add_comment(after[4], "leading", text)
+
+
+def _add_comment(target, attribute, text):
+    # Most fields have no comment: the empty tuple they start with costs nothing per field.
+    comments = getattr(target, attribute)
+    if not comments:
+        comments = []
+        setattr(target, attribute, comments)
+    comments.append(text)
 
 
 def _collect_anchors(block, anchors):

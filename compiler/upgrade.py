@@ -50,6 +50,7 @@ def upgrade_net(net, document=None):
     if upgraded.layers:
         _upgrade_v1_layers(upgraded, document)
     _upgrade_data_transformation(upgraded)
+    _check_net_input(upgraded, document)
     _upgrade_net_input(upgraded)
     _upgrade_batch_norm(upgraded)
     _upgrade_axis_aliases(upgraded)
@@ -118,6 +119,37 @@ def _upgrade_data_transformation(net):
                 if old.HasField(field):
                     setattr(layer.transform_param, field, getattr(old, field))
                     old.ClearField(field)
+
+
+def _check_net_input(net, document):
+    """Net-level inputs must pair up with their shapes as Caffe's Net::Init required before
+    upgrade_proto took over (it now indexes past the end instead): one input_shape per input,
+    or four input_dim (num, channels, height, width) per input, never both forms."""
+    inputs, shapes, dims = len(net.input), len(net.input_shape), len(net.input_dim)
+
+    def error(message, path, hint=None):
+        return CompileError(message, hint=hint, **_where(document, path))
+    if shapes and dims:
+        raise error("the net gives both input_shape and input_dim", ("input_dim", 0),
+                    "describe the inputs in one form: input_shape { dim: ... } per input")
+    if (shapes or dims) and not inputs:
+        form = "input_shape" if shapes else "input_dim"
+        raise error(f"{form} without any input name", (form, 0),
+                    'name each input blob: input: "data"')
+    if shapes and shapes != inputs:
+        where = ("input", shapes) if shapes < inputs else ("input_shape", inputs)
+        raise error(f"{_plural(inputs, 'input')} but {shapes} input_shape", where,
+                    "give exactly one input_shape per input, in the same order")
+    if dims and dims != 4 * inputs:
+        where = ("input", dims // 4) if dims < 4 * inputs else ("input_dim", 4 * inputs)
+        need = "needs" if inputs == 1 else "need"
+        raise error(f"{_plural(inputs, 'input')} {need} {4 * inputs} input_dim values "
+                    f"(4 each), found {dims}", where,
+                    "input_dim lists num, channels, height, width for each input in turn")
+
+
+def _plural(count, word):
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def _upgrade_net_input(net):

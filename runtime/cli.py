@@ -141,10 +141,16 @@ def _train(argv):
     if args.weights and args.snapshot:
         parser.error("give either --weights or --snapshot, not both (as Caffe)")
     _allow_python_paths(args.python_path)
+    from compiler.schema import load_file
+    from compiler.validate import check_solver
     from runtime.solver import Solver   # imported here so --help stays fast
+    # lrcn-check's validation, before anything is opened or written; only training creates
+    # the snapshot directory.
+    document = load_file(solver_file, "solver")
+    check_solver(document, create_snapshot_dir=True)
     log = CaffeLog(csv_path=args.log_csv, tensorboard_dir=args.tensorboard)
     try:
-        solver = Solver(solver_file, stages=_stages(args.stage), device=_device(args.gpu, log),
+        solver = Solver(document, stages=_stages(args.stage), device=_device(args.gpu, log),
                         log=log)
         if args.iterations is not None:
             solver.param.max_iter = args.iterations

@@ -27,6 +27,20 @@ from runtime import weights as weight_files
 from runtime.layers.registry import unit_for
 
 
+def layer_error(layer, error):
+    """A unit's failure (its parameters at construction, its inputs when running, torch's own
+    complaints such as an allocation that failed) as one error at the layer's place."""
+    message = str(error).strip() or type(error).__name__
+    label = f"layer '{layer.name}' ({layer.type})"
+    for prefix in (f"layer {layer.name!r} ({layer.type}): ", f"layer {layer.name!r}: ",
+                   f"{layer.name}: ", f"{layer.type} layer {layer.name!r}: "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+            break
+    file, line, col = layer.location or (None, None, None)
+    return CompileError(f"{label}: {message}", file, line, col)
+
+
 class Outputs(dict):
     """The output blobs of one forward pass by name, plus `.loss`: the weighted objective
     (zero when the net has no loss)."""
@@ -215,7 +229,10 @@ class Net(nn.Module):
             file, line, col = layer.location
             raise CompileError(f"layer '{layer.name}': type '{layer.type}' is not supported by "
                                "the runtime", file, line, col)
-        return unit_class(layer, self.rng)
+        try:
+            return unit_class(layer, self.rng)
+        except (ValueError, RuntimeError) as error:
+            raise layer_error(layer, error) from None
 
     def _build_unit(self, layer):
         prebuilt = self._prebuilt.pop(layer.key, None)
@@ -299,7 +316,10 @@ class Net(nn.Module):
             else:
                 bottoms = [values[b] for b in layer.bottoms]
                 bottoms = self._cut_gradients(layer, unit, bottoms)
-                tops = unit(*bottoms)
+                try:
+                    tops = unit(*bottoms)
+                except (ValueError, RuntimeError) as error:
+                    raise layer_error(layer, error) from None
                 if not layer.bottoms:   # data layers produce CPU tensors
                     tops = tuple(self._as_device_tensor(t) for t in tops)
                     if self.force_backward:
@@ -504,14 +524,10 @@ class Net(nn.Module):
                 raise CompileError(f"layer '{layer_name}': the weights file has {len(blobs)} "
                                    f"blobs, the net's layer has {len(unit.blobs)}", path)
             for index, (blob, target) in enumerate(zip(blobs, unit.blobs)):
-                if not weight_files.shapes_match(blob, target.shape):
-                    raise CompileError(
-                        f"layer '{layer_name}' blob {index}: shape mismatch: the weights file "
-                        f"has {list(weight_files.blob_shape(blob))}, the net needs "
-                        f"{list(target.shape)}", path)
-                array = weight_files.blob_to_array(blob, f"{path}: layer '{layer_name}'")
+                array = weight_files.blob_for_shape(blob, target.shape, path,
+                                                    f"layer '{layer_name}' blob {index}")
                 with torch.no_grad():
-                    target.copy_(torch.from_numpy(array.reshape(tuple(target.shape))))
+                    target.copy_(torch.from_numpy(array))
 
     def share_weights_from(self, other):
         """Use another net's tensors for every layer of the same name (Caffe's test nets share

@@ -32,11 +32,12 @@ import torch
 import compiler
 from compiler import files
 from compiler.errors import CompileError
+from compiler.validate import check_solver
 from lrcn_proto import caffe_pb2
 from runtime import run_state
 from runtime import weights as weight_files
 from runtime.net import Net
-from runtime.updates import LR_POLICIES, UPDATE_RULES, clip_gradients, learning_rate, regularize
+from runtime.updates import UPDATE_RULES, clip_gradients, learning_rate, regularize
 
 
 # Fields accepted but with no effect here, and why (the rest of SolverParameter is implemented).
@@ -110,23 +111,8 @@ class Solver:
     # --- set-up ---------------------------------------------------------------------------
 
     def _check_parameters(self):
-        param = self.param
-        if param.type not in UPDATE_RULES:
-            raise self.document.error(f"unknown solver type '{param.type}'", ("type",),
-                                      "types: " + ", ".join(UPDATE_RULES))
-        if param.lr_policy not in LR_POLICIES:
-            raise self.document.error(f"unknown lr_policy '{param.lr_policy}'", ("lr_policy",),
-                                      "policies: " + ", ".join(LR_POLICIES))
-        if param.lr_policy == "step" and param.stepsize <= 0:
-            raise self.document.error("lr_policy \"step\" needs stepsize > 0", ("lr_policy",))
-        if param.regularization_type not in ("L1", "L2"):
-            raise self.document.error(f"unknown regularization_type "
-                                      f"'{param.regularization_type}'",
-                                      ("regularization_type",), "use \"L2\" or \"L1\"")
-        if param.iter_size < 1:
-            raise self.document.error("iter_size must be at least 1", ("iter_size",))
-        if param.average_loss < 1:
-            raise self.document.error("average_loss must be at least 1", ("average_loss",))
+        # The validation lrcn-check runs, so a solver it passes does not fail here.
+        check_solver(self.document)
 
     def _device_from_mode(self):
         if self.param.solver_mode == caffe_pb2.SolverParameter.GPU:
@@ -338,8 +324,7 @@ class Solver:
     def restore(self, state_file):
         """Resume from a .solverstate (Caffe's or ours); bit-identical with the .lrcn sidecar."""
         state_bytes = _read_bytes(state_file, ".solverstate")
-        state = weight_files.read_binary_message(state_file, caffe_pb2.SolverState(),
-                                                 ".solverstate")
+        state = weight_files.read_solver_state(state_file)
         if state.iter < 0:
             raise CompileError(f"the solver state's iteration is negative ({state.iter})",
                                state_file, hint="a .solverstate Caffe or lrcn-train wrote "
@@ -370,9 +355,11 @@ class Solver:
         blobs = iter(state.history)
         with torch.no_grad():
             for index in range(self.rule.histories):
-                for history in self.history:
-                    array = weight_files.blob_to_array(next(blobs), state_file)
-                    history[index].copy_(torch.from_numpy(array).reshape(history[index].shape))
+                for number, history in enumerate(self.history):
+                    position = index * len(self.history) + number
+                    array = weight_files.blob_for_shape(next(blobs), history[index].shape,
+                                                        state_file, f"history blob {position}")
+                    history[index].copy_(torch.from_numpy(array))
         if sidecar is not None:
             try:
                 self._load_sidecar_state(sidecar)

@@ -15,7 +15,8 @@ def learning_rate(solver, iteration, current_step):
     """(rate, current_step) for the pre-increment iteration, like SGDSolver::GetLearningRate.
 
     current_step is the multistep position Caffe keeps (and stores in .solverstate): it moves
-    at most one step per call.
+    at most one step per call. The policy names and their fields' checks are
+    compiler.validate.LR_POLICIES, run before any work.
     """
     policy = solver.lr_policy
     base = solver.base_lr
@@ -23,25 +24,37 @@ def learning_rate(solver, iteration, current_step):
         return base, current_step
     if policy == "step":
         step = iteration // solver.stepsize
-        return base * math.pow(solver.gamma, step), step
+        return base * _power(solver.gamma, step), step
     if policy == "exp":
-        return base * math.pow(solver.gamma, iteration), current_step
+        return base * _power(solver.gamma, iteration), current_step
     if policy == "inv":
-        return base * math.pow(1 + solver.gamma * iteration, -solver.power), current_step
+        return base * _power(1 + solver.gamma * iteration, -solver.power), current_step
     if policy == "multistep":
         if (current_step < len(solver.stepvalue)
                 and iteration >= solver.stepvalue[current_step]):
             current_step += 1
-        return base * math.pow(solver.gamma, current_step), current_step
+        return base * _power(solver.gamma, current_step), current_step
     if policy == "poly":
-        return base * math.pow(1.0 - iteration / solver.max_iter, solver.power), current_step
+        return base * _power(1.0 - iteration / solver.max_iter, solver.power), current_step
     if policy == "sigmoid":
-        return base / (1.0 + math.exp(-solver.gamma * (iteration - solver.stepsize))), \
+        return base / (1.0 + _exp(-solver.gamma * (iteration - solver.stepsize))), \
             current_step
     raise ValueError(f"unknown lr_policy {policy!r}")
 
 
-LR_POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
+def _power(base, exponent):
+    # C's pow overflows to inf where math.pow raises: a rate Caffe computes as inf stays inf.
+    try:
+        return math.pow(base, exponent)
+    except OverflowError:
+        return math.inf
+
+
+def _exp(value):
+    try:
+        return math.exp(value)
+    except OverflowError:
+        return math.inf
 
 
 class UpdateRule:

@@ -6,6 +6,8 @@ mismatch is an error naming the layer and both shapes. Legacy blobs (num/channel
 double_data) and legacy V1 `layers` read too.
 """
 
+import math
+
 import numpy as np
 from google.protobuf.message import DecodeError
 
@@ -14,27 +16,47 @@ from compiler.errors import CompileError
 from lrcn_proto import caffe_pb2
 
 
+# Blob::Reshape's limit on the number of axes (kMaxBlobAxes in blob.hpp).
+MAX_BLOB_AXES = 32
+_LEGACY_DIMS = ("num", "channels", "height", "width")
+
+
 def blob_shape(blob):
-    """A BlobProto's shape: `shape.dim`, else the legacy 4-D num/channels/height/width."""
-    if blob.HasField("shape"):
-        return tuple(int(d) for d in blob.shape.dim)
-    if any(blob.HasField(f) for f in ("num", "channels", "height", "width")):
+    """A BlobProto's shape as Caffe's Blob::FromProto reads it: the legacy 4-D num / channels /
+    height / width when any of them is set, else `shape.dim`. No dims at all is a 0-axis blob
+    holding one value: Caffe writes a scalar such as PReLU's channel_shared slope that way,
+    with no shape field."""
+    if any(blob.HasField(f) for f in _LEGACY_DIMS):
         return (blob.num, blob.channels, blob.height, blob.width)
-    return (len(blob.data) or len(blob.double_data),)
+    return tuple(int(d) for d in blob.shape.dim)
 
 
-def blob_to_array(blob, source="blob"):
-    """BlobProto -> numpy array (float32 from `data`, float64 from `double_data`)."""
+def blob_to_array(blob, path, what="the blob"):
+    """BlobProto -> numpy array (float32 from `data`, float64 from `double_data`), or one
+    CompileError naming the file when the shape is impossible or the values do not fill it."""
     shape = blob_shape(blob)
-    if len(blob.double_data):
-        values = np.asarray(blob.double_data, dtype=np.float64)
-    else:
-        values = np.asarray(blob.data, dtype=np.float32)
-    expected = int(np.prod(shape)) if shape else 1
-    if values.size != expected:
-        raise CompileError(f"{source}: holds {values.size} values but its shape {list(shape)} "
-                           f"needs {expected}")
-    return values.reshape(shape)
+    if len(shape) > MAX_BLOB_AXES:
+        raise CompileError(f"{what} has {len(shape)} axes; Caffe allows at most "
+                           f"{MAX_BLOB_AXES}", str(path))
+    if any(d < 0 for d in shape):
+        raise CompileError(f"{what} has a negative dimension in its shape {list(shape)}",
+                           str(path))
+    values = blob.double_data if len(blob.double_data) else blob.data
+    expected = math.prod(shape)     # Python ints: a damaged shape cannot overflow the count
+    if len(values) != expected:
+        raise CompileError(f"{what} holds {len(values)} values but its shape {list(shape)} "
+                           f"needs {expected}", str(path))
+    dtype = np.float64 if len(blob.double_data) else np.float32
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+def blob_for_shape(blob, target_shape, path, what):
+    """The values of a stored blob for a tensor of `target_shape`, checked as Caffe's
+    Blob::ShapeEquals checks them; a mismatch is one error naming the file and both shapes."""
+    if not shapes_match(blob, target_shape):
+        raise CompileError(f"{what}: shape mismatch: the file has {list(blob_shape(blob))}, "
+                           f"the net needs {list(target_shape)}", str(path))
+    return blob_to_array(blob, path, what).reshape(tuple(target_shape))
 
 
 def array_to_blob(array):
@@ -50,7 +72,7 @@ def shapes_match(source_blob, target_shape):
     """Caffe's Blob::ShapeEquals: a legacy 4-D source matches a target of up to 4 axes whose
     shape, padded with leading 1s to 4 axes, is the same (an InnerProduct weight stored 1x1xMxK)."""
     target_shape = tuple(target_shape)
-    if source_blob.HasField("shape"):
+    if not any(source_blob.HasField(f) for f in _LEGACY_DIMS):
         return blob_shape(source_blob) == target_shape
     if len(target_shape) > 4:
         return False
@@ -88,10 +110,20 @@ def layers_with_blobs(net):
             if len(layer.blobs)]
 
 
+def read_solver_state(path):
+    """A binary .solverstate -> SolverState. Its learned_net must be a file name: protobuf hands
+    back bytes for a string that is not UTF-8, which only a damaged file holds."""
+    state = read_binary_message(path, caffe_pb2.SolverState(), ".solverstate")
+    if not isinstance(state.learned_net, str):
+        raise CompileError("damaged .solverstate: learned_net is not a file name (not UTF-8 "
+                           "text)", str(path))
+    return state
+
+
 def read_blob_file(path):
     """A .binaryproto (one BlobProto, e.g. a mean image) -> numpy array."""
     blob = read_binary_message(path, caffe_pb2.BlobProto(), ".binaryproto")
-    return blob_to_array(blob, str(path))
+    return blob_to_array(blob, path)
 
 
 def write_blob_file(path, array):

@@ -192,38 +192,59 @@ class Pooling(CaffeLayer):
             raise _layer_error(self.layer, f"input spatial size {tuple(x.shape[2:])} differs "
                                            f"from the compiled {self.in_size}")
         if self.method == _PoolMethod.Value("MAX"):
-            return self._max(x)
+            y, mask = self._max(x)
+            y = self._extend(y, _NEG_FLT_MAX)
+            return (y,) if mask is None else (y, self._extend(mask, -1))
         if self.method == _PoolMethod.Value("AVE"):
-            return (self._ave(x),)
+            return (self._extend(self._ave(x), 0.0),)
         if self.phase == "TRAIN":
-            return (self._stochastic_train(x),)
-        return (self._stochastic_test(x),)
+            return (self._extend(self._stochastic_train(x), 0.0),)
+        return (self._extend(self._stochastic_test(x), 0.0),)
 
-    def _overhang(self, x, pad):
-        """Padding after the input on each axis so that every output window fits: the ceil
-        rule's last window may reach past size + pad."""
-        kernel = self._kernel(x)
-        return tuple(max(0, (o - 1) * s + k - n - p) for o, s, k, n, p in
-                     zip(self.out_size, self.stride, kernel, x.shape[2:], pad))
+    def _live(self, x, pad):
+        """Output windows per axis that start before the input's end (start = i * stride -
+        pad). Later ones, which a large stride makes, hold no input: Caffe's result there is a
+        constant (-FLT_MAX for MAX, 0 otherwise), filled in by _extend, so the padded input
+        never grows with the stride."""
+        return tuple(min(o, -(-(n + p) // s)) for o, n, p, s in
+                     zip(self.out_size, x.shape[2:], pad, self.stride))
 
     def _padded(self, x, pad, value):
-        after = self._overhang(x, pad)
+        """The input padded so that every live window fits: the ceil rule's last window may
+        reach past size + pad (by less than a kernel)."""
+        kernel = self._kernel(x)
+        after = tuple(max(0, (o - 1) * s + k - n - p) for o, s, k, n, p in
+                      zip(self._live(x, pad), self.stride, kernel, x.shape[2:], pad))
         return F.pad(x, (pad[1], after[1], pad[0], after[0]), value=value)
 
-    def _crop(self, y):
+    def _stride_in(self, padded):
+        # A stride longer than the padded input leaves one live window on that axis, wherever
+        # the next would start; capping it keeps the value within what torch's kernels take.
+        return tuple(min(s, size) for s, size in zip(self.stride, padded.shape[2:]))
+
+    @staticmethod
+    def _crop(y, live):
         # The padded input can hold more windows than Caffe's output has (FLOOR mode, or
         # overhang on one axis); Caffe's are the first ones.
-        return y[:, :, :self.out_size[0], :self.out_size[1]]
+        return y[:, :, :live[0], :live[1]]
+
+    def _extend(self, y, value):
+        missing_h, missing_w = (o - n for o, n in zip(self.out_size, y.shape[2:]))
+        if not (missing_h or missing_w):
+            return y
+        return F.pad(y, (0, missing_w, 0, missing_h), value=value)
 
     def _max(self, x):
         # Padding with -FLT_MAX never wins against an input value and reproduces Caffe's
         # -FLT_MAX for a window that holds no input element.
+        live = self._live(x, self.pad)
         padded = self._padded(x, self.pad, _NEG_FLT_MAX)
-        y, index = F.max_pool2d(padded, self._kernel(x), self.stride, return_indices=True)
-        y = self._crop(y)
+        y, index = F.max_pool2d(padded, self._kernel(x), self._stride_in(padded),
+                                return_indices=True)
+        y = self._crop(y, live)
         if not self.with_mask:
-            return (y,)
-        return y, self._mask(self._crop(index), padded.shape[3], x.shape[2:]).to(x.dtype)
+            return y, None
+        return y, self._mask(self._crop(index, live), padded.shape[3], x.shape[2:]).to(x.dtype)
 
     def _mask(self, index, padded_width, size):
         # Caffe's second MAX top: the argmax as h * W + w of the unpadded input, -1 if none.
@@ -233,32 +254,38 @@ class Pooling(CaffeLayer):
         return torch.where(inside, h * size[1] + w, torch.full_like(index, -1))
 
     def _ave(self, x):
+        live = self._live(x, self.pad)
         padded = self._padded(x, self.pad, 0.0)
         kernel = self._kernel(x)
-        sums = self._crop(F.avg_pool2d(padded, kernel, self.stride, divisor_override=1))
+        sums = self._crop(F.avg_pool2d(padded, kernel, self._stride_in(padded),
+                                       divisor_override=1), live)
         divisor_h, divisor_w = (
             _ave_divisor(o, k, s, p, n) for o, k, s, p, n in
-            zip(self.out_size, kernel, self.stride, self.pad, x.shape[2:]))
+            zip(live, kernel, self.stride, self.pad, x.shape[2:]))
         divisor = (divisor_h[:, None] * divisor_w[None, :]).to(device=x.device, dtype=x.dtype)
         return sums / divisor
 
     def _windows(self, x):
-        """(N, C, kh * kw, out_h, out_w): each output's window, row-major, zero beyond the
-        input. Caffe's STOCHASTIC kernels ignore `pad`: windows start at i * stride."""
+        """(N, C, kh * kw, live_h, live_w): each live output's window, row-major, zero beyond
+        the input. Caffe's STOCHASTIC kernels ignore `pad`: windows start at i * stride."""
         kernel = self._kernel(x)
+        live = self._live(x, (0, 0))
         padded = self._padded(x, (0, 0), 0.0)
-        cols = F.unfold(padded, kernel, stride=self.stride)
-        rows = (padded.shape[2] - kernel[0]) // self.stride[0] + 1
+        stride = self._stride_in(padded)
+        cols = F.unfold(padded, kernel, stride=stride)
+        rows = (padded.shape[2] - kernel[0]) // stride[0] + 1
         cols = cols.reshape(x.shape[0], x.shape[1], kernel[0] * kernel[1], rows, -1)
-        return cols[..., :self.out_size[0], :self.out_size[1]]
+        return cols[..., :live[0], :live[1]]
 
     def _stochastic_train(self, x):
         # StoPoolForwardTrain: pick the first element whose running sum reaches u * window
         # sum (u ~ U[0, 1)); the gradient flows to the picked element only.
         cols = self._windows(x)
         running = cols.cumsum(dim=2)
-        shape = (cols.shape[0], cols.shape[1], 1) + tuple(cols.shape[3:])
+        # One draw per output, as Caffe draws them, also for the windows past the input.
+        shape = (cols.shape[0], cols.shape[1], 1) + self.out_size
         u = torch.rand(shape, generator=self.rng, dtype=torch.float32)
+        u = u[..., :cols.shape[3], :cols.shape[4]]
         threshold = u.to(device=x.device, dtype=x.dtype) * running[:, :, -1:]
         reached = (running >= threshold).to(x.dtype)
         picked = reached.argmax(dim=2, keepdim=True)  # the first True

@@ -62,7 +62,9 @@ def test_good_net_is_ok(files, capsys):
     path = files("good.prototxt", GOOD_NET)
     assert run_check(path) == 0
     out, err = capsys.readouterr()
-    assert out == f"{path}: ok\n" and err == ""
+    # Input 2x4 and fc 2x3 (Dropout works in place): 14 values; fc's weights and bias: 15.
+    assert out == (f"{path}: ok\n  memory: 116 B (params 60 B + activations 56 B, float32, "
+                   "forward) in TRAIN, stages none, level 0\n") and err == ""
 
 
 def test_an_error_in_the_test_phase_is_located_and_says_which_state(files, capsys):
@@ -78,20 +80,25 @@ def test_an_error_in_the_test_phase_is_located_and_says_which_state(files, capsy
 def test_nets_split_into_stage_variants_are_ok(files, capsys):
     path = files("variants.prototxt", VARIANT_NET)
     assert run_check(path) == 0
-    assert capsys.readouterr().out == f"{path}: ok\n"
+    assert capsys.readouterr().out == (f"{path}: ok\n  memory: 120 B (params 0 B + activations "
+                                       "120 B, float32, forward) in TRAIN, stages small, "
+                                       "level 0\n")
 
 
 def test_a_net_for_one_phase_is_ok_with_a_note(files, capsys):
     path = files("deploy.prototxt", DEPLOY_ONLY_NET)
     assert run_check(path) == 0
     assert capsys.readouterr().out == (f"{path}: ok\n  note: TRAIN not checked: bottom 'y' is "
-                                       "produced only in TEST (by layer 'r')\n")
+                                       "produced only in TEST (by layer 'r')\n"
+                                       "  memory: 120 B (params 0 B + activations 120 B, "
+                                       "float32, forward) in TEST, stages none, level 0\n")
 
 
 def test_unknown_data_shapes_are_not_errors(files, capsys):
     path = files("lmdb.prototxt", MISSING_DATA_NET)
     assert run_check(path) == 0
-    assert capsys.readouterr().out == f"{path}: ok\n"
+    assert capsys.readouterr().out == (f"{path}: ok\n  memory: ? (some shapes are unknown until "
+                                       "the data is read)\n")
 
 
 def test_shape_errors_are_reported(files, capsys):
@@ -104,16 +111,18 @@ def test_shape_errors_are_reported(files, capsys):
 
 def test_solver_compiles_each_net_with_its_state(files, capsys):
     files("net.prototxt", VARIANT_NET)
-    good = files("good_solver.prototxt", 'net: "net.prototxt"\ntrain_state { stage: "small" }\n'
+    good = files("good_solver.prototxt", 'net: "net.prototxt"\nlr_policy: "fixed"\n'
+                                         'train_state { stage: "small" }\n'
                                          'test_iter: 1\ntest_state { stage: "big" }\n'
                                          'test_interval: 10\n')
     # A stage set that picks no variant: Caffe would fail to build the test net.
-    bad = files("bad_solver.prototxt", 'net: "net.prototxt"\ntrain_state { stage: "small" }\n'
+    bad = files("bad_solver.prototxt", 'net: "net.prototxt"\nlr_policy: "fixed"\n'
+                                       'train_state { stage: "small" }\n'
                                        'test_iter: 1\ntest_state { stage: "other" }\n'
                                        'test_interval: 10\n')
     assert run_check(good, bad) == 1
     out, err = capsys.readouterr()
-    assert out == f"{good}: ok\n"
+    assert out.startswith(f"{good}: ok\n  memory: ") and "in TRAIN, stages small" in out
     assert err.startswith("net.prototxt:4:37: layer 'out' (Sigmoid): bottom 'y' is not "
                           "produced by any earlier layer\n")
     assert err.rstrip().endswith("hint: layer 'small' (line 2) produces it but is not selected "
@@ -122,7 +131,8 @@ def test_solver_compiles_each_net_with_its_state(files, capsys):
 
 
 def test_solver_errors_are_located_in_the_solver(files, capsys):
-    path = files("solver.prototxt", 'base_lr: 0.1\ntrain_net: "missing.prototxt"\n')
+    path = files("solver.prototxt", 'base_lr: 0.1\ntrain_net: "missing.prototxt"\n'
+                                    'lr_policy: "fixed"\n')
     assert run_check(path) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"{path}:2:1: net file not found: missing.prototxt\n  hint: tried ")
@@ -133,7 +143,7 @@ def test_every_file_is_checked_and_any_error_fails(files, capsys):
     bad = files("typo.prototxt", TEST_TYPO_NET)
     assert run_check(bad, good) == 1
     out, err = capsys.readouterr()
-    assert out == f"{good}: ok\n"
+    assert out.startswith(f"{good}: ok\n  memory: 116 B ")
     assert err.count("is not produced by any earlier layer") == 1
 
 
@@ -153,6 +163,10 @@ def test_lrcn_corpus_files_check(corpus_dir, capsys, monkeypatch):
     caption_net = os.path.join(corpus_dir, "lrcn_caption", "lrcn.prototxt")
     assert run_check(caption_net, "lstm_solver_RGB.prototxt", "deploy_lstm.prototxt") == 0
     out = capsys.readouterr().out
-    assert out == (f"{caption_net}: ok\nlstm_solver_RGB.prototxt: ok\ndeploy_lstm.prototxt: ok\n"
+    unknown = "  memory: ? (some shapes are unknown until the data is read)\n"
+    assert out == (f"{caption_net}: ok\n{unknown}lstm_solver_RGB.prototxt: ok\n{unknown}"
+                   "deploy_lstm.prototxt: ok\n"
                    "  note: TRAIN not checked: bottom 'fc6-reshape' is produced only in TEST "
-                   "(by layer 'reshape-data')\n")
+                   "(by layer 'reshape-data')\n"
+                   "  memory: 1.8 GiB (params 249.6 MiB + activations 1.5 GiB, float32, forward) "
+                   "in TEST, stages none, level 0\n")

@@ -34,6 +34,8 @@ CASES = [
     ('layer { "x" }', 1, 9, "expected a field name, found string \"x\"", None),
     ('layer { bottom: "a\\qb" }', 1, 19, "bad string escape: unknown escape '\\q'", None),
     ('layer { bottom: "\\x" }', 1, 18, "bad string escape: \\x needs hex digits", None),
+    ('name: "\\U00110000"', 1, 8, "bad string escape: \\U00110000 is beyond Unicode", None),
+    ('name: "ok \\UFFFFFFFF"', 1, 11, "\\UFFFFFFFF is beyond Unicode", None),
     # --- schema
     ('layer { num_ouput: 5 }', 1, 9, "unknown field 'num_ouput' in LayerParameter", None),
     ('layer { convolution_param { num_ouput: 5 } }', 1, 29,
@@ -156,3 +158,7 @@ def test_fuzzed_bytes_give_compile_errors_only(tmp_path):
             load_file(path)
         except CompileError as error:
             str(error)
+
+
+def test_the_largest_code_point_is_still_a_character():
+    assert parse_text('name: "\\U0010FFFF"', "net").name == "\U0010FFFF"

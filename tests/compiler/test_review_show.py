@@ -34,7 +34,9 @@ TINY_LAYERS = [
     {"name": "ip", "type": "InnerProduct", "bottoms": ["conv1"], "tops": ["ip"],
      "top_shapes": [[2, 5]], "params": 725, "flops": 2890},
 ]
-TINY_TOTALS = {"params": 837, "flops": 19018, "layers": 4}
+# Memory, float32: 837 params (3348 B) + the tops data 384, conv1 288 (relu1 is in place), ip 10
+# = 682 values (2728 B).
+TINY_TOTALS = {"params": 837, "flops": 19018, "layers": 4, "memory_bytes": 6076}
 
 PYTHON_DATA = '''layer { name: "data" type: "Python" top: "data"
         python_param { module: "my_layers" layer: "Loader" } }
@@ -99,7 +101,8 @@ def test_table_is_aligned_with_totals(capsys, tiny):
         "relu1  ReLU          conv1    conv1  2x4x6x6          0     288\n"
         "ip     InnerProduct  conv1    ip     2x5            725   2.89K\n"
         "\n"
-        "total: 4 layers, 837 params, 19.02 KFLOPs\n")
+        "total: 4 layers, 837 params, 19.02 KFLOPs\n"
+        "memory: 5.9 KiB (params 3.3 KiB + activations 2.7 KiB, float32, forward)\n")
 
 
 def test_unknown_shapes_print_as_question_marks_and_null(capsys, tmp_path):
@@ -107,12 +110,14 @@ def test_unknown_shapes_print_as_question_marks_and_null(capsys, tmp_path):
     path.write_text(PYTHON_DATA)
     _, table, _ = run_show(capsys, path)
     assert "ip    InnerProduct  data     ip    ?                ?      ?" in table
-    assert table.endswith("total: 2 layers, ? params, ? FLOPs\n")
+    assert table.endswith("total: 2 layers, ? params, ? FLOPs\n"
+                          "memory: ? (some shapes are unknown until the data is read)\n")
     _, out, _ = run_show(capsys, path, "--format", "json")
     report = json.loads(out)
     assert report["layers"][1]["top_shapes"] == [None]
     assert report["layers"][1]["params"] is None and report["layers"][1]["flops"] is None
-    assert report["totals"] == {"params": None, "flops": None, "layers": 2}
+    assert report["totals"] == {"params": None, "flops": None, "layers": 2,
+                                "memory_bytes": None}
 
 
 def test_input_shape_fills_in_what_the_compiler_cannot_know(capsys, tmp_path):

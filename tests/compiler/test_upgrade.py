@@ -51,6 +51,34 @@ def test_input_shape_form():
     assert net.layer[1].name == "x"
 
 
+# Net-level inputs that do not pair up: Caffe's Net::Init refused them (one input_shape per
+# input, four input_dim per input, not both forms); each is one located error here.
+BAD_INPUTS = [
+    ('input: "a"\ninput: "b"\ninput_shape { dim: 1 dim: 2 }\n', 2, 1,
+     "2 inputs but 1 input_shape"),
+    ('input: "a"\ninput: "b"\ninput_dim: 1\ninput_dim: 2\ninput_dim: 3\ninput_dim: 4\n', 2, 1,
+     "2 inputs need 8 input_dim values (4 each), found 4"),
+    ('input: "a"\ninput_dim: 1\ninput_dim: 2\ninput_dim: 3\ninput_dim: 4\ninput_dim: 5\n', 6,
+     1, "1 input needs 4 input_dim values (4 each), found 5"),
+    ('input: "a"\ninput_shape { dim: 1 }\ninput_shape { dim: 2 }\n', 3, 1,
+     "1 input but 2 input_shape"),
+    ('input: "a"\ninput_shape { dim: 1 }\ninput_dim: 1\n', 3, 1,
+     "both input_shape and input_dim"),
+    ('input_shape { dim: 1 }\n', 1, 1, "input_shape without any input"),
+]
+
+
+@pytest.mark.parametrize("text, line, col, words", BAD_INPUTS)
+def test_mismatched_legacy_inputs_are_located_errors(text, line, col, words):
+    document = load_text(text + 'layer { name: "r" type: "ReLU" bottom: "a" top: "c" }\n',
+                         "net", "in.prototxt")
+    with pytest.raises(CompileError) as caught:
+        upgrade(document.message, document)
+    error = caught.value
+    assert words in error.message, str(error)
+    assert (error.file, error.line, error.col) == ("in.prototxt", line, col), str(error)
+
+
 def test_concat_dim_and_slice_dim_become_axis():
     net = upgrade(parse_text(V1_NET, "net"))
     assert net.layer[2].concat_param.axis == 1

@@ -365,7 +365,7 @@ def test_set_random_seed_decides_the_fillers(net_file, monkeypatch):
 
 def test_get_solver_reports_an_unknown_type_in_the_file(net_file, tmp_path):
     path = tmp_path / "solver.prototxt"
-    path.write_text(f'net: "{net_file}"\ntype: "Momentum"\nbase_lr: 0.1\n')
+    path.write_text(f'net: "{net_file}"\ntype: "Momentum"\nbase_lr: 0.1\nlr_policy: "fixed"\n')
     with pytest.raises(CompileError, match="unknown solver type 'Momentum'") as error:
         caffe.get_solver(str(path))
     assert error.value.file == str(path) and error.value.line == 2

@@ -156,7 +156,7 @@ def test_every_solver_type_matches_caffe_equations(problem, kind, extra, regular
     dict(lr_policy="fixed"), dict(lr_policy="exp", gamma=0.9),
     dict(lr_policy="inv", gamma=0.1, power=0.75), dict(lr_policy="multistep", gamma=0.3,
                                                        stepvalue=[2, 4]),
-    dict(lr_policy="poly", power=1.5, max_iter=10), dict(lr_policy="sigmoid", gamma=-0.5,
+    dict(lr_policy="poly", power=1.5, max_iter=10), dict(lr_policy="sigmoid", gamma=0.5,
                                                          stepsize=3),
 ])
 def test_every_lr_policy_in_the_loop(problem, policy):
@@ -214,8 +214,9 @@ def test_solverstate_is_caffe_readable(problem):
 def test_every_corpus_solver_loads_with_notes(corpus_dir):
     import pathlib
     import compiler
+    from compiler.validate import LR_POLICIES
     from runtime.solver import solver_notes
-    from runtime.updates import LR_POLICIES, UPDATE_RULES
+    from runtime.updates import UPDATE_RULES
     solvers = sorted(pathlib.Path(corpus_dir).rglob("*solver*.prototxt"))
     assert len(solvers) >= 25
     for path in solvers:
