@@ -80,26 +80,26 @@ class Plan:
     unsharded: list = field(default_factory=list)    # (layer name, type)
     input_shapes: dict = field(default_factory=dict)  # top -> this rank's shape
 
-    def describe(self, compiled):
-        """One line per sharded data layer: what each rank reads and what one iteration
-        covers (the effective batch)."""
+    def describe(self, compiled, iter_size):
+        """One line per sharded data layer: what each rank reads and the effective batch."""
         lines = []
         for layer in compiled.layers:
             shard = self.layers.get(layer.key)
             if shard is None or not layer.top_shapes:
                 continue
-            shape = layer.top_shapes[0]
+            local = layer.top_shapes[0][0 if shard.axis is None else shard.axis]
             if shard.axis is None:
-                lines.append(f"data layer '{layer.name}': every rank reads its batch of "
-                             f"{shape[0]} (chunk {shard.rank} of each {shard.size})")
+                lines.append(f"data layer '{layer.name}': each rank reads its own {local} of "
+                             f"every {local * shard.size} records; effective batch {local} x "
+                             f"iter_size {iter_size} x {shard.size} ranks = "
+                             f"{local * iter_size * shard.size}")
             elif layer.name in self.stream_counts:
-                total = self.stream_counts[layer.name]
                 lines.append(f"data layer '{layer.name}': sequence streams split by stream: "
-                             f"each rank keeps {total // shard.size} of the {total} streams")
+                             f"each rank keeps {local} of the {local * shard.size} streams "
+                             "(the effective batch is one process's)")
             else:
-                lines.append(f"data layer '{layer.name}': each rank keeps its "
-                             f"{shape[0] // shard.size} of every {shape[0]} rows (one per "
-                             "stream)")
+                lines.append(f"data layer '{layer.name}': each rank keeps the {local} of every "
+                             f"{local * shard.size} rows that belong to its streams")
         return lines
 
 

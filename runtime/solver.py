@@ -166,12 +166,12 @@ class Solver:
 
     def _log_world(self):
         world = self.world
-        self.log(f"Training on {world.size} ranks ({world.backend}): every rank runs the "
-                 f"solver's batch and iter_size {self.param.iter_size}; gradients are averaged "
-                 "over the ranks and the learning rate is not rescaled (as Caffe); rank 0 "
-                 "tests, logs the loss averaged over the ranks, and snapshots")
+        self.log(f"Training on {world.size} ranks ({world.backend}): gradients are averaged "
+                 "over the ranks, the learning rate is not rescaled (as Caffe); rank 0 tests, "
+                 "snapshots and logs the loss averaged over the ranks (the net outputs shown "
+                 "are its own)")
         plan = self.net.shard_plan
-        for line in plan.describe(self.net.compiled):
+        for line in plan.describe(self.net.compiled, self.param.iter_size):
             self.log(line)
         for name, kind in plan.unsharded:
             self.log(f"note: data layer '{name}' ({kind}) is not split across ranks: every "

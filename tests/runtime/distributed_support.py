@@ -52,6 +52,14 @@ SOLVER_CASES = [
 ]
 
 
+def _write(path, text):
+    """Both ranks write the same files: each replaces it whole, so none reads a torn one."""
+    temporary = f"{path}.{os.getpid()}"
+    with open(temporary, "w") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
 def write_rows(folder, rows=48, features=5, classes=3, seed=0):
     rng = np.random.default_rng(seed)
     path = os.path.join(folder, "rows.h5")
@@ -67,14 +75,12 @@ def write_rows(folder, rows=48, features=5, classes=3, seed=0):
 def row_solver(folder, name, lines, batch, max_iter=6, extra=""):
     """A solver file over ROW_NET reading `batch` rows per pass."""
     net = os.path.join(folder, f"{name}_b{batch}.prototxt")
-    with open(net, "w") as handle:
-        handle.write(ROW_NET.replace("{list}", os.path.join(folder, "rows.txt"))
-                     .replace("{batch}", str(batch)))
+    _write(net, ROW_NET.replace("{list}", os.path.join(folder, "rows.txt"))
+           .replace("{batch}", str(batch)))
     solver = os.path.join(folder, f"{name}_b{batch}_solver.prototxt")
-    with open(solver, "w") as handle:
-        handle.write(f'net: "{net}"\nbase_lr: 0.05\nlr_policy: "fixed"\nmax_iter: {max_iter}\n'
-                     f'display: 0\naverage_loss: 1\nrandom_seed: 7\nsolver_mode: CPU\n'
-                     f'snapshot_prefix: "{os.path.join(folder, name)}"\n{lines}\n{extra}\n')
+    _write(solver, f'net: "{net}"\nbase_lr: 0.05\nlr_policy: "fixed"\nmax_iter: {max_iter}\n'
+           f'display: 0\naverage_loss: 1\nrandom_seed: 7\nsolver_mode: CPU\n'
+           f'snapshot_prefix: "{os.path.join(folder, name)}"\n{lines}\n{extra}\n')
     return solver
 
 
@@ -114,16 +120,14 @@ def write_streams(folder, steps=40, streams=4, vocabulary=7, seed=1):
     return listing
 
 
-def lm_solver(folder, max_iter=6, extra=""):
+def lm_solver(folder, max_iter=6, extra="", prefix=None):
     net = os.path.join(folder, "lm.prototxt")
-    with open(net, "w") as handle:
-        handle.write(LM_NET.replace("{list}", os.path.join(folder, "streams.txt")))
-    solver = os.path.join(folder, "lm_solver.prototxt")
-    with open(solver, "w") as handle:
-        handle.write(f'net: "{net}"\nbase_lr: 0.1\nmomentum: 0.9\nlr_policy: "fixed"\n'
-                     f'max_iter: {max_iter}\ndisplay: 0\naverage_loss: 1\nrandom_seed: 5\n'
-                     f'clip_gradients: 1\nsolver_mode: CPU\n'
-                     f'snapshot_prefix: "{os.path.join(folder, "lm")}"\n{extra}\n')
+    _write(net, LM_NET.replace("{list}", os.path.join(folder, "streams.txt")))
+    prefix = prefix or os.path.join(folder, "lm")
+    solver = f"{prefix}_solver.prototxt"
+    _write(solver, f'net: "{net}"\nbase_lr: 0.1\nmomentum: 0.9\nlr_policy: "fixed"\n'
+           f'max_iter: {max_iter}\ndisplay: 0\naverage_loss: 1\nrandom_seed: 5\n'
+           f'clip_gradients: 1\nsolver_mode: CPU\nsnapshot_prefix: "{prefix}"\n{extra}\n')
     return solver
 
 
