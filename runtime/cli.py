@@ -191,9 +191,8 @@ def _train_rank(args, solver_file):
         finally:
             world.close()
     except distributed.PeerError as error:
-        if error.quiet:
-            return launch.PEER_LOST
-        if launch.report_error(str(error)):
+        # The launcher shows it only when no rank failed on its own account (a hang).
+        if launch.report_error(str(error)) or error.quiet:
             return launch.PEER_LOST
         raise
     except Exception as error:

@@ -25,7 +25,8 @@ import tempfile
 import time
 
 PEER_LOST = 3           # a worker's exit status when it stopped because another rank failed
-GRACE_S = 20            # after a failure, how long the other ranks get to stop by themselves
+GRACE_S = 5             # after a failure, how long the other ranks get to stop by themselves
+                        # (a lost peer shows at once; a hung rank is killed: snapshots are atomic)
 _POLL_S = 0.1
 
 
@@ -118,7 +119,7 @@ def _supervise(workers, folder, log):
 def _describe(rank, status, folder):
     message = _read(os.path.join(folder, f"rank{rank}.error"))
     if message:
-        return f"rank {rank}: {message}"
+        return message if message.startswith(f"rank {rank}:") else f"rank {rank}: {message}"
     if isinstance(status, int) and status < 0:
         name = signal.Signals(-status).name if -status in signal.Signals._value2member_map_ \
             else str(-status)

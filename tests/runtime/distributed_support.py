@@ -72,14 +72,14 @@ def write_rows(folder, rows=48, features=5, classes=3, seed=0):
     return listing
 
 
-def row_solver(folder, name, lines, batch, max_iter=6, extra=""):
+def row_solver(folder, name, lines, batch, max_iter=6, extra="", display=0):
     """A solver file over ROW_NET reading `batch` rows per pass."""
     net = os.path.join(folder, f"{name}_b{batch}.prototxt")
     _write(net, ROW_NET.replace("{list}", os.path.join(folder, "rows.txt"))
            .replace("{batch}", str(batch)))
     solver = os.path.join(folder, f"{name}_b{batch}_solver.prototxt")
     _write(solver, f'net: "{net}"\nbase_lr: 0.05\nlr_policy: "fixed"\nmax_iter: {max_iter}\n'
-           f'display: 0\naverage_loss: 1\nrandom_seed: 7\nsolver_mode: CPU\n'
+           f'display: {display}\naverage_loss: 1\nrandom_seed: 7\nsolver_mode: CPU\n'
            f'snapshot_prefix: "{os.path.join(folder, name)}"\n{lines}\n{extra}\n')
     return solver
 
