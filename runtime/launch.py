@@ -57,6 +57,9 @@ def launch(argv, count, gpus=None, log=None):
                        LRCN_ERROR_FILE=os.path.join(folder, f"rank{rank}.error"))
             if gpus is not None:
                 env["LRCN_GPUS"] = ",".join(str(g) for g in gpus)
+            # As torchrun: N processes each using every core spin-wait for one another
+            # (a small net ran 10x slower on 2 cores); share the cores out instead.
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // count)))
             output = None if rank == 0 else open(os.path.join(folder, f"rank{rank}.log"), "wb")
             try:
                 workers.append(subprocess.Popen(worker_command(argv), env=env, stdout=output,
