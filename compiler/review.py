@@ -13,7 +13,6 @@ import os
 import shutil
 import struct
 import subprocess
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field as dataclass_field
 from difflib import SequenceMatcher
@@ -24,6 +23,7 @@ from google.protobuf import descriptor as _descriptor
 from lrcn_proto import caffe_pb2
 
 from .errors import CompileError
+from .files import temporary_path
 from .graph import compile_net
 from .netstate import filter_net
 from .schema import Document
@@ -720,16 +720,14 @@ def render_with_graphviz(dot_text, graphviz_format, path):
     if executable is None:
         raise CompileError("Graphviz's dot is not installed; write a .dot file or install "
                            "graphviz", path)
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".lrcn-", suffix=".tmp", dir=directory)
-    os.close(handle)
+    # dot creates the temporary itself, so the drawing gets the user's umask.
+    temporary = temporary_path(os.path.abspath(path))
     try:
         result = subprocess.run([executable, f"-T{graphviz_format}", "-o", temporary],
                                 input=dot_text.encode("utf-8"), capture_output=True)
         if result.returncode != 0:
             message = result.stderr.decode("utf-8", "replace").strip()
             raise CompileError(f"Graphviz's dot failed: {message}", path)
-        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

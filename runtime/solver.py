@@ -23,8 +23,10 @@ belong together.
 import hashlib
 import math
 import os
+import random
 import time
 
+import numpy as np
 import torch
 
 import compiler
@@ -296,11 +298,18 @@ class Solver:
             self._load_rank_state(state["ranks"][self.world.rank])
 
     def _rank_state(self):
+        """What differs between ranks: the random streams and every net's run state."""
         return {"torch_rng": torch.get_rng_state(),
+                # Python layers may draw from these, as Caffe's Python layers often do.
+                "numpy_rng": list(np.random.get_state()),
+                "python_rng": _python_random_state(random.getstate()),
                 "nets": [net_run_state(net) for net in [self.net] + self.test_nets]}
 
     def _load_rank_state(self, state):
         torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(tuple(state["numpy_rng"]))
+        version, internal, gauss = state["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
         for net, net_state in zip([self.net] + self.test_nets, state["nets"]):
             restore_net_run_state(net, net_state)
 
@@ -460,6 +469,9 @@ class Solver:
         sidecar = None
         if os.path.lexists(sidecar_file):
             sidecar = run_state.read(sidecar_file)
+            if not isinstance(sidecar, dict):
+                raise CompileError("damaged resume-state file (not a table of states)",
+                                   sidecar_file)
             _check_set(sidecar, state, state_bytes, learned, state_file, sidecar_file)
         self.iter = state.iter
         if learned:
@@ -476,7 +488,12 @@ class Solver:
                     array = weight_files.blob_to_array(next(blobs), state_file)
                     history[index].copy_(torch.from_numpy(array).reshape(history[index].shape))
         if sidecar is not None:
-            self._load_sidecar_state(sidecar)
+            try:
+                self._load_sidecar_state(sidecar)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError,
+                    RuntimeError) as error:
+                raise CompileError(f"damaged resume-state file ({type(error).__name__}: "
+                                   f"{error})", sidecar_file) from None
         else:
             self.log(f"{sidecar_file} not found: resuming like Caffe (random streams, data "
                      "positions and recurrent states restart)")
@@ -505,9 +522,14 @@ class Solver:
                 "start": self._window_start}
 
     def _set_loss_window(self, window):
-        self._losses, self._smoothed_loss = list(window["losses"]), window["smoothed"]
-        self._window_start = window["start"]
+        self._losses = [float(loss) for loss in window["losses"]]
+        self._smoothed_loss, self._window_start = float(window["smoothed"]), int(window["start"])
         self._continue_window = True
+
+
+def _python_random_state(state):
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
 
 
 def _read_bytes(path, what):

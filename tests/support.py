@@ -42,3 +42,18 @@ def tiny_solver(folder, max_iter=4, snapshot=2, extra=""):
                       f'snapshot: {snapshot}\nsnapshot_prefix: "{folder / "tiny"}"\n'
                       f'random_seed: 3\nsolver_mode: CPU\n{extra}')
     return solver
+
+
+def train_in_process(argv):
+    """lrcn-train's main in this process: (exit status, what it wrote to stderr)."""
+    import contextlib
+    import io
+
+    from runtime import cli
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        try:
+            status = cli.train_main([str(a) for a in argv])
+        except SystemExit as exited:
+            status = exited.code
+    return status, stderr.getvalue()

@@ -228,6 +228,10 @@ class _Recurrent(CaffeLayer):
         device = self.blobs[0].device
         for name in self.state_names:
             carried = state[name]
+            if carried is not None and (carried.dim() != 3 or carried.shape[0] != 1
+                                        or carried.shape[2] != self.H):
+                raise ValueError(f"layer {self.layer.name!r}: a carried {name} must be "
+                                 f"(1, N, {self.H}), got {tuple(carried.shape)}")
             setattr(self, f"{name}_carry", None if carried is None else carried.to(device))
 
     def input_projection(self, x, x_static, W_x, b, W_static):

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from runtime import cli
+from support import train_in_process
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 UNALIGNED_LIST = "data/caption_shapes/prepared/train_unaligned_batches/hdf5_chunk_list.txt"
@@ -125,7 +125,8 @@ def runs(tmp_path_factory):
         for name, (make_solver, max_iter, prefix) in NETS.items():
             folder = tmp_path_factory.mktemp(name)
             solver = make_solver(folder, max_iter, max_iter // 2)
-            log = run_train_in_process([str(solver), "--no-progress"])
+            code, log = train_in_process([solver, "--no-progress"])
+            assert code == 0, log
             straight[name] = (log, folder, max_iter)
             resumed_folder = folder / "resumed"
             resumed_folder.mkdir()
@@ -141,17 +142,6 @@ def runs(tmp_path_factory):
     return {name: (straight[name][0], logs[index], straight[name][1], straight[name][2],
                    NETS[name][2])
             for index, name in enumerate(NETS)}
-
-
-def run_train_in_process(argv):
-    import io
-    import contextlib
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr):
-        with pytest.raises(SystemExit) as exited:
-            cli.train_main(argv)
-    assert exited.value.code == 0, stderr.getvalue()
-    return stderr.getvalue()
 
 
 CHILD = '''

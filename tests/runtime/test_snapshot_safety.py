@@ -1,7 +1,6 @@
 """Resume files a user is handed: nothing in them runs code, and a snapshot set whose files do
 not belong together (or a damaged .solverstate) is refused with one clear error."""
 
-import contextlib
 import io
 import os
 import pathlib
@@ -14,8 +13,7 @@ import pytest
 import torch
 
 from lrcn_proto import caffe_pb2
-from runtime import cli
-from support import tiny_solver
+from support import tiny_solver, train_in_process as train
 
 
 class Payload:
@@ -26,13 +24,6 @@ class Payload:
 
     def __reduce__(self):
         return (pathlib.Path.touch, (pathlib.Path(self.marker),))
-
-
-def train(argv):
-    stderr = io.StringIO()
-    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exited:
-        cli.train_main([str(a) for a in argv])
-    return exited.value.code, stderr.getvalue()
 
 
 @pytest.fixture
@@ -111,3 +102,22 @@ def test_snapshot_files_honour_the_umask(tmp_path, restore_signals):
     for suffix in (".caffemodel", ".solverstate", ".solverstate.lrcn"):
         mode = stat.S_IMODE(os.stat(tmp_path / f"tiny_iter_2{suffix}").st_mode)
         assert mode == 0o640, (suffix, oct(mode))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda state: state.pop("torch_rng"),
+    lambda state: state.update(torch_rng="not a generator state"),
+    lambda state: state["loss_window"].update(start="x"),
+    lambda state: state["nets"][0]["layers"].update(drop={"cpu": torch.zeros(3)}),
+], ids=["missing", "wrong-type", "bad-window", "bad-layer-state"])
+def test_a_damaged_resume_state_with_matching_digests_is_one_clean_error(snapshot, damage):
+    from runtime import run_state
+    solver, state = snapshot
+    sidecar = pathlib.Path(f"{state}.lrcn")
+    content = run_state.read(sidecar)
+    content["nets"][0]["layers"].setdefault("drop", {})
+    damage(content)
+    sidecar.write_bytes(run_state.encode(content))
+    code, log = train([solver, "--snapshot", state, "--no-progress"])
+    assert code == 1 and "Traceback" not in log, log
+    assert "tiny_iter_2.solverstate.lrcn: damaged resume-state file" in log

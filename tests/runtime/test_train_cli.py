@@ -398,8 +398,10 @@ def test_installed_lrcn_train_user_error_exit_status(tmp_path):
     assert out == "" and "Traceback" not in err and "missing_solver.prototxt" in err
 
 
-def test_sigint_snapshots_and_exits_cleanly(tmp_path):
-    """Caffe's SIGINT default (stop): finish the iteration, snapshot, exit 0."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_stop_signal_snapshots_and_exits_cleanly(tmp_path, stop):
+    """Caffe's SIGINT default (stop): finish the iteration, snapshot, exit 0. SIGTERM (what
+    `timeout`, `docker stop` and schedulers send) does the same."""
     make_problem(tmp_path, max_iter=10 ** 7)
     solver = tmp_path / "solver.prototxt"
     solver.write_text(solver.read_text().replace("display: 50", "display: 1"))
@@ -416,7 +418,7 @@ def test_sigint_snapshots_and_exits_cleanly(tmp_path):
             if re.search(r"Iteration [1-9]\d* \(.*\), loss = ", line):
                 break
         assert any("loss = " in line for line in seen), "".join(seen)
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         out, rest = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
@@ -424,10 +426,29 @@ def test_sigint_snapshots_and_exits_cleanly(tmp_path):
     err = "".join(seen) + rest
     assert process.returncode == 0, err
     assert out == "" and "Traceback" not in err
-    assert "SIGINT" in err and "Optimization stopped early." in err
+    assert f"{stop.name}: snapshotting and stopping" in err
+    assert "Optimization stopped early." in err
     snapshot = re.search(r"Snapshotting to binary proto file (\S+_iter_(\d+)\.caffemodel)", err)
     assert snapshot, err
     stopped_at = int(snapshot.group(2))
     assert stopped_at > 0
-    assert (tmp_path / f"blobs_iter_{stopped_at}.caffemodel").is_file()
-    assert (tmp_path / f"blobs_iter_{stopped_at}.solverstate").is_file()
+    for suffix in (".caffemodel", ".solverstate", ".solverstate.lrcn"):
+        assert (tmp_path / f"blobs_iter_{stopped_at}{suffix}").is_file()
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.5])
+def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path, delay):
+    make_problem(tmp_path, max_iter=10 ** 7)
+    process = run_installed(["solver.prototxt", "--no-progress"], tmp_path)
+    try:
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "Traceback" not in err
+    if "Solving blobs" in err:                    # training had started: snapshot and stop
+        assert process.returncode == 0, err
+    else:
+        assert process.returncode == 130 and err.strip().endswith("interrupted"), err

@@ -248,3 +248,20 @@ def test_unit_resumes_exactly(type_name, sources, tmp_path, monkeypatch):
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, equal_nan=True,
                                    msg=f"{type_name}: {name} differs after a resume")
+
+
+def test_global_random_streams_resume(tmp_path):
+    """Python layers often draw from numpy's or Python's global generator: snapshots keep
+    them, with torch's."""
+    import random
+
+    from runtime.solver import Solver
+    from support import tiny_solver
+    solver = Solver(str(tiny_solver(tmp_path)), log=lambda line: None)
+    solver.step(2)
+    np.random.seed(5), random.seed(5), torch.manual_seed(5)
+    _, state = solver.snapshot()
+    expected = (np.random.rand(), random.random(), torch.rand(1))
+    np.random.seed(7), random.seed(7), torch.manual_seed(7)
+    Solver(str(tiny_solver(tmp_path)), log=lambda line: None).restore(state)
+    assert (np.random.rand(), random.random(), torch.rand(1)) == expected
