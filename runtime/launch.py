@@ -113,9 +113,10 @@ def _supervise(workers, folder, log):
     # (PEER_LOST) is the cause only when no other rank failed (a hang: it timed out).
     own = [f for f in failed if f[2] != PEER_LOST]
     _, rank, status = min(own or failed)
-    log(_describe(rank, status, folder))
-    if status == 130 or (signals and status in (-signal.SIGTERM, 128 + signal.SIGTERM)):
+    if signals and status in (130, -signal.SIGTERM, -signal.SIGINT):
+        log("stopped at once by a second signal: the last complete snapshot is kept")
         return 130
+    log(_describe(rank, status, folder))
     return 1
 
 

@@ -141,3 +141,14 @@ def test_bad_options_are_usage_errors(tmp_path):
         _, stderr = process.communicate(timeout=DEADLINE_S)
         assert process.returncode == 2, (options, stderr)
         assert "Traceback" not in stderr
+
+
+def test_a_workers_error_reaches_the_user_once_with_its_rank(tmp_path):
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(f'net: "{tmp_path / "missing.prototxt"}"\nbase_lr: 0.1\n'
+                      'lr_policy: "fixed"\nmax_iter: 2\nsolver_mode: CPU\n')
+    process = _start(str(solver), "--nproc", "2")
+    _, stderr = process.communicate(timeout=DEADLINE_S)
+    assert process.returncode == 1
+    assert stderr.count("net file not found") == 1, stderr
+    assert stderr.startswith(("rank 0: ", "rank 1: ")) and "Traceback" not in stderr
