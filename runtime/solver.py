@@ -35,6 +35,7 @@ from compiler.errors import CompileError
 from lrcn_proto import caffe_pb2
 from runtime import distributed, run_state, sharding
 from runtime import weights as weight_files
+from runtime.layers.loss import normalizes_by_valid_count
 from runtime.net import DEFAULT_SEED, Net
 from runtime.updates import LR_POLICIES, UPDATE_RULES, clip_gradients, learning_rate, regularize
 
@@ -175,6 +176,12 @@ class Solver:
         plan = self.net.shard_plan
         for line in plan.describe(self.net.compiled, self.param.iter_size):
             self.log(line)
+        for layer in self.net.compiled.layers:
+            if layer.type.endswith("Loss") and normalizes_by_valid_count(layer.param):
+                self.log(f"note: loss layer '{layer.name}' divides by its rank's count of "
+                         "labels that are not ignored, so the ranks' average differs slightly "
+                         "from one process's (as in Caffe; normalization: BATCH_SIZE makes it "
+                         "exact)")
         for name, kind in plan.unsharded:
             self.log(f"note: data layer '{name}' ({kind}) is not split across ranks: every "
                      "rank reads its own data from it")

@@ -89,3 +89,12 @@ def test_two_rank_resume_is_exact(ranks):
         assert rank["resumed"]["losses"] == rank["straight"]["losses"][RESUME_AT:]
         assert rank["resumed"]["weights"] == rank["straight"]["weights"]
     assert len(glob.glob(str(folder / "resume_iter_*.solverstate.lrcn"))) == 2
+
+
+def test_a_two_rank_snapshot_is_not_resumed_exactly_by_one_process(ranks):
+    from compiler.errors import CompileError
+    from runtime.solver import Solver
+    folder, _ = ranks
+    solver = Solver(lm_solver(str(folder), prefix=str(folder / "single")), log=lambda _: None)
+    with pytest.raises(CompileError, match="written by 2 training process"):
+        solver.restore(str(folder / f"resume_iter_{RESUME_AT}.solverstate"))
