@@ -23,8 +23,9 @@ class CaffeLog:
 
     CSV_HEADER = ["iteration", "phase", "name", "value"]
 
-    def __init__(self, source="solver.py", csv_path=None, tensorboard_dir=None):
+    def __init__(self, source="solver.py", csv_path=None, tensorboard_dir=None, quiet=False):
         self.source = source
+        self.quiet = quiet      # ranks other than 0 of a run on several processes
         self.bar = None
         self.csv_path, self.tensorboard_dir = csv_path, tensorboard_dir
         self.csv_file = self.csv_writer = self.board = None
@@ -54,6 +55,8 @@ class CaffeLog:
             self.board = SummaryWriter(self.tensorboard_dir)
 
     def __call__(self, message):
+        if self.quiet:
+            return
         now = datetime.datetime.now()
         line = f"I{now:%m%d %H:%M:%S.%f} {os.getpid():5d} {self.source}] {message}"
         if self.bar is not None:
@@ -85,10 +88,7 @@ def _device(gpu, log):
         log(f"--gpu {gpu} asked for but no CUDA device is available: running on CPU")
         return torch.device("cpu")
     if gpu == "all":
-        if torch.cuda.device_count() > 1:
-            log("--gpu all: training on one process uses GPU 0 (multi-GPU training with "
-                "torch.distributed is not available yet)")
-        return torch.device("cuda", 0)
+        return torch.device("cuda", 0)      # one GPU here; several start a process each
     try:
         return torch.device("cuda", int(gpu.split(",")[0]))
     except ValueError:
@@ -125,7 +125,13 @@ def _train(argv):
     parser.add_argument("--weights", help="initial weights: a.caffemodel[,b.caffemodel] "
                         "loaded by layer name")
     parser.add_argument("--snapshot", help="resume from a .solverstate")
-    parser.add_argument("--gpu", help="CUDA device number, or 'all'")
+    parser.add_argument("--gpu", help="CUDA device number; a list (0,1) or 'all' trains on "
+                        "one process per GPU")
+    parser.add_argument("--nproc", type=int, metavar="N", help="train on N processes on the "
+                        "CPU of this machine (gloo); each runs the solver's batch")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS", help="on several "
+                        "processes: how long a rank waits for the others before it gives up "
+                        "(default 1800)")
     parser.add_argument("--iterations", type=int, help="override max_iter")
     parser.add_argument("--stage", action="append", help="extra net stage (repeatable; "
                         "or comma-separated)")
@@ -140,6 +146,77 @@ def _train(argv):
         parser.error("give the solver file: lrcn-train SOLVER (or --solver=SOLVER)")
     if args.weights and args.snapshot:
         parser.error("give either --weights or --snapshot, not both (as Caffe)")
+    if args.nproc is not None and args.nproc < 1:
+        parser.error("--nproc needs at least 1 process")
+    if args.nproc and args.gpu:
+        parser.error("give --nproc (processes on the CPU) or --gpu (one process per GPU), "
+                     "not both")
+    if args.timeout is not None and args.timeout <= 0:
+        parser.error("--timeout needs a positive number of seconds")
+    if int(os.environ.get("WORLD_SIZE") or 1) > 1:
+        return _train_rank(args, solver_file)
+    gpus = _gpu_list(args.gpu)
+    if (args.nproc or 1) > 1 or len(gpus) > 1:
+        from runtime import launch
+        return launch.launch(argv if argv is not None else sys.argv[1:],
+                             args.nproc or len(gpus), gpus or None)
+    return _train_process(args, solver_file)
+
+
+def _gpu_list(gpu):
+    """The GPUs of --gpu 0,1 / all (several: one process each); [] on a machine without CUDA
+    (one CPU process, as _device says) or for one GPU."""
+    if gpu is None or (gpu != "all" and "," not in gpu):
+        return []
+    import torch
+    if not torch.cuda.is_available():
+        return []
+    if gpu == "all":
+        return list(range(torch.cuda.device_count()))
+    try:
+        return [int(g) for g in gpu.split(",") if g.strip()]
+    except ValueError:
+        from compiler.errors import CompileError
+        raise CompileError(f"--gpu expects device numbers or 'all', got {gpu!r}") from None
+
+
+def _train_rank(args, solver_file):
+    """One rank of a run on several processes (started by the launcher or torchrun). In the
+    launcher's workers, errors go to the launcher, which reports the first one once."""
+    from runtime import distributed, launch
+    try:
+        world = distributed.World.from_env(_rank_device(args.gpu), args.timeout)
+        try:
+            return _train_process(args, solver_file, world)
+        finally:
+            world.close()
+    except distributed.PeerError as error:
+        # The launcher shows it only when no rank failed on its own account (a hang).
+        if launch.report_error(str(error)) or error.quiet:
+            return launch.PEER_LOST
+        raise
+    except Exception as error:
+        from compiler.errors import CompileError
+        if isinstance(error, CompileError) and launch.report_error(str(error)):
+            return 1
+        raise
+
+
+def _rank_device(gpu):
+    """This rank's device: the launcher's GPU list (LRCN_GPUS) or --gpu under torchrun, by
+    LOCAL_RANK; the CPU without --gpu or without CUDA."""
+    import torch
+    gpus = os.environ.get("LRCN_GPUS") or gpu
+    if not gpus or not torch.cuda.is_available():
+        return torch.device("cpu")
+    local = int(os.environ.get("LOCAL_RANK") or 0)
+    if gpus == "all":
+        return torch.device("cuda", local)
+    listed = [int(g) for g in gpus.split(",") if g.strip()]
+    return torch.device("cuda", listed[local % len(listed)])
+
+
+def _train_process(args, solver_file, world=None):
     _allow_python_paths(args.python_path)
     from compiler.schema import load_file
     from compiler.validate import check_solver
@@ -148,23 +225,29 @@ def _train(argv):
     # the snapshot directory.
     document = load_file(solver_file, "solver")
     check_solver(document, create_snapshot_dir=True)
-    log = CaffeLog(csv_path=args.log_csv, tensorboard_dir=args.tensorboard)
+    root = world is None or world.is_root
+    log = CaffeLog(csv_path=args.log_csv if root else None,
+                   tensorboard_dir=args.tensorboard if root else None, quiet=not root)
     try:
-        solver = Solver(document, stages=_stages(args.stage), device=_device(args.gpu, log),
-                        log=log)
+        device = _device(args.gpu, log) if world is None else world.device
+        solver = Solver(document, stages=_stages(args.stage), device=device, log=log,
+                        world=world)
         if args.iterations is not None:
             solver.param.max_iter = args.iterations
         if args.weights:
-            for path in args.weights.split(","):
-                log(f"Finetuning from {path}")
-                solver.net.copy_from(path)
+            def load_weights():
+                for path in args.weights.split(","):
+                    log(f"Finetuning from {path}")
+                    solver.net.copy_from(path)
+            # Rank 0 reads; its weights reach every rank before the first iteration.
+            load_weights() if world is None else world.root_first(load_weights)
         if args.snapshot:
             solver.restore(args.snapshot)
         log.open_outputs(append=bool(args.snapshot))
         _watch(solver, log)
         previous = _install_signal_handlers(solver, log)
         try:
-            _run_with_progress(solver, log, show=not args.no_progress)
+            _run_with_progress(solver, log, show=not args.no_progress and root)
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)

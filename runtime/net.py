@@ -23,6 +23,7 @@ from torch import nn
 
 import compiler
 from compiler.errors import CompileError
+from runtime import sharding
 from runtime import weights as weight_files
 from runtime.layers.registry import unit_for
 
@@ -39,6 +40,9 @@ def layer_error(layer, error):
             break
     file, line, col = layer.location or (None, None, None)
     return CompileError(f"{label}: {message}", file, line, col)
+
+
+DEFAULT_SEED = 1701     # the seed of a net built without one
 
 
 class Outputs(dict):
@@ -147,14 +151,18 @@ class Net(nn.Module):
     weights: an optional .caffemodel (or torch state_dict .pt) to load by layer name.
     input_shapes: shapes for data-layer tops that cannot be known statically.
     seed: seeds the fillers and every random choice of the layers (Caffe's random_seed).
+    data_shard: a runtime.sharding.Shard: this net is one rank's part of a training run on
+    several processes, and its data layers read the rank's part of every batch.
     """
 
     def __init__(self, net, weights=None, phase="TEST", stages=(), level=0, input_shapes=None,
-                 seed=None):
+                 seed=None, data_shard=None):
         super().__init__()
         phase = phase.upper() if isinstance(phase, str) else ("TRAIN", "TEST")[int(phase)]
         self.rng = torch.Generator()
-        self.rng.manual_seed(1701 if seed is None else int(seed))
+        self.rng.manual_seed(DEFAULT_SEED if seed is None else int(seed))
+        self.data_shard = data_shard
+        self.shard_plan = sharding.Plan()
         self.compiled = self._compile(net, phase, stages, level, dict(input_shapes or {}))
         self.phase = self.compiled.phase     # a given CompiledNet keeps the phase it has
         self.units = nn.ModuleList(self._build_unit(layer) for layer in self.compiled.layers)
@@ -202,8 +210,20 @@ class Net(nn.Module):
                     input_shapes.update(zip(layer.tops, unit.top_shapes()))
                 compiled = compiler.compile_net(net, phase, stages, level, input_shapes)
                 unknown = self._layers_that_tell_their_shapes(compiled)
+            compiled = self._shard(net, compiled, phase, stages, level, input_shapes)
         self._check_shapes_known(compiled)
         return compiled
+
+    def _shard(self, net, compiled, phase, stages, level, input_shapes):
+        """Compile again with this rank's data shapes when its data is split by stream."""
+        self.shard_plan = sharding.plan(compiled, self.data_shard)
+        if not self.shard_plan.input_shapes:
+            return compiled
+        try:
+            return compiler.compile_net(net, phase, stages, level,
+                                        {**input_shapes, **self.shard_plan.input_shapes})
+        except CompileError as error:
+            raise sharding.explain_reshape(compiled, self.shard_plan, error) from None
 
     def _layers_that_tell_their_shapes(self, compiled):
         """Data and Python layers with unknown top shapes, all bottom shapes known, not built."""
@@ -229,8 +249,14 @@ class Net(nn.Module):
             file, line, col = layer.location
             raise CompileError(f"layer '{layer.name}': type '{layer.type}' is not supported by "
                                "the runtime", file, line, col)
+        rng = self.rng
+        if self.data_shard is not None and layer.type in sharding.SHARDED_TYPES:
+            # The record order must be the same on every rank (the net's own seed differs).
+            data_seed = self.data_shard.data_seed
+            rng = torch.Generator().manual_seed(DEFAULT_SEED if data_seed is None
+                                                else int(data_seed))
         try:
-            return unit_class(layer, self.rng)
+            return unit_class(layer, rng)
         except (ValueError, RuntimeError) as error:
             raise layer_error(layer, error) from None
 
@@ -238,8 +264,11 @@ class Net(nn.Module):
         prebuilt = self._prebuilt.pop(layer.key, None)
         if prebuilt is not None:
             prebuilt.layer = layer
-            return prebuilt
-        return self._instantiate(layer)
+            unit = prebuilt
+        else:
+            unit = self._instantiate(layer)
+        unit.data_shard = self.shard_plan.layers.get(layer.key)
+        return unit
 
     def _share_parameters(self):
         """Make every sharer of a `param { name }` use its owner's tensor (Caffe's AppendParam)."""

@@ -34,9 +34,10 @@ from compiler import files
 from compiler.errors import CompileError
 from compiler.validate import check_solver
 from lrcn_proto import caffe_pb2
-from runtime import run_state
+from runtime import distributed, run_state, sharding
 from runtime import weights as weight_files
-from runtime.net import Net
+from runtime.layers.loss import normalizes_by_valid_count
+from runtime.net import DEFAULT_SEED, Net
 from runtime.updates import UPDATE_RULES, clip_gradients, learning_rate, regularize
 
 
@@ -68,21 +69,30 @@ class Solver:
     stages: extra stages added to every net's state (lrcn-train --stage).
     device: torch device; default from solver_mode (GPU falls back to CPU with a warning).
     log: a callable taking one line (Caffe's log format); default prints to stderr.
+    world: train on several processes (runtime.distributed: a World or a torch.distributed
+    process group) with Caffe's multi-GPU semantics; rank 0 alone logs, tests and snapshots.
     """
 
-    def __init__(self, solver, stages=(), device=None, log=None, input_shapes=None):
-        self.log = log or _default_log
+    def __init__(self, solver, stages=(), device=None, log=None, input_shapes=None, world=None):
+        self.world = distributed.resolve(world)
+        self.is_root = self.world is None or self.world.is_root
+        self.log = (log or _default_log) if self.is_root else _no_log
         self.document = _load_solver(solver)
         self.param = compiler.upgrade(self.document.message)
         self.solver_file = self.document.filename
         self._check_parameters()
         seed = self.param.random_seed if self.param.random_seed >= 0 else None
+        rank = self.world.rank if self.world is not None else 0
         if seed is not None:
-            torch.manual_seed(seed)
+            torch.manual_seed(seed + rank)      # Caffe seeds each device with random_seed + rank
+        if device is None and self.world is not None and self.world.device.type == "cuda":
+            device = self.world.device
         self.device = torch.device(device) if device is not None else self._device_from_mode()
         for note in solver_notes(self.param):
             self.log("note: " + note)
         self.net, self.test_nets = self._build_nets(stages, seed, input_shapes or {})
+        if self.world is not None:
+            self._log_world()
         for path in self.param.weights:
             # Caffe 1.0's solver-level initial weights, loaded by layer name like --weights.
             self.log(f"Finetuning from {path}")
@@ -107,6 +117,8 @@ class Solver:
         self.last_outputs = {}
         self.last_test_scores = {}
         self._last_snapshot_iter = None
+        self._synchronised = False     # rank 0's weights broadcast (several ranks only)
+        self._rank_states = None       # every rank's run state from a resumed sidecar
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -124,10 +136,18 @@ class Solver:
     def _build_nets(self, stages, seed, input_shapes):
         roles = compiler.solver_net_states(self.document)
         train, tests = None, []
+        shard, train_seed = None, seed
+        if self.world is not None:
+            # Dropout and fillers draw from random_seed + rank; the record order stays the
+            # random_seed's, so the ranks' batches together are one process's batches.
+            shard = sharding.Shard(self.world.rank, self.world.size, seed)
+            if seed is not None or self.world.rank:
+                train_seed = (DEFAULT_SEED if seed is None else seed) + self.world.rank
         for role, source, state in roles:
             net = Net(source, phase=("TRAIN", "TEST")[state.phase],
                       stages=tuple(state.stage) + tuple(stages), level=state.level,
-                      input_shapes=input_shapes, seed=seed)
+                      input_shapes=input_shapes, seed=train_seed if role == "train" else seed,
+                      data_shard=shard if role == "train" else None)
             net.to(self.device)
             if role == "train":
                 train = net
@@ -137,13 +157,33 @@ class Solver:
             test.share_weights_from(train)
         return train, tests
 
+    def _log_world(self):
+        world = self.world
+        self.log(f"Training on {world.size} ranks ({world.backend}): gradients are averaged "
+                 "over the ranks, the learning rate is not rescaled (as Caffe); rank 0 tests, "
+                 "snapshots and logs the loss averaged over the ranks (the net outputs shown "
+                 "are its own)")
+        plan = self.net.shard_plan
+        for line in plan.describe(self.net.compiled, self.param.iter_size):
+            self.log(line)
+        for layer in self.net.compiled.layers:
+            if layer.type.endswith("Loss") and normalizes_by_valid_count(layer.param):
+                self.log(f"note: loss layer '{layer.name}' divides by its rank's count of "
+                         "labels that are not ignored, so the ranks' average differs slightly "
+                         "from one process's (as in Caffe; normalization: BATCH_SIZE makes it "
+                         "exact)")
+        for name, kind in plan.unsharded:
+            self.log(f"note: data layer '{name}' ({kind}) is not split across ranks: every "
+                     "rank reads its own data from it")
+
     # --- the loop --------------------------------------------------------------------------
 
     def solve(self, resume_file=None):
         """Train to max_iter (Caffe's Solver::Solve), optionally resuming a .solverstate."""
         if resume_file:
             self.restore(resume_file)
-        self.remove_stale_temporaries()
+        if self.is_root:
+            self.remove_stale_temporaries()
         self.log("Solving " + (self.net.compiled.name or "net"))
         self.log(f"Learning Rate Policy: {self.param.lr_policy}")
         self.step(self.param.max_iter - self.iter)
@@ -152,12 +192,13 @@ class Solver:
         if self.stopped_early:
             self.log("Optimization stopped early.")
             return
-        if self.param.display and self.iter % self.param.display == 0:
+        if self.is_root and self.param.display and self.iter % self.param.display == 0:
             with torch.no_grad():
                 outputs = self.net.run()
             self._update_smoothed_loss(outputs.loss.item())
             self.log(f"Iteration {self.iter}, loss = {_fmt(self._smoothed_loss)}")
-        if self.param.test_interval and self.iter % self.param.test_interval == 0:
+        if self.is_root and self.param.test_interval and \
+                self.iter % self.param.test_interval == 0:
             self.test_all()
         self.log("Optimization Done.")
 
@@ -169,12 +210,15 @@ class Solver:
             self._losses, self._smoothed_loss, self._window_start = [], 0.0, self.iter
         self._continue_window = False
         timer, iterations_last = time.perf_counter(), self.iter
+        if self.world is not None and not self._synchronised:
+            self._synchronise()
         while self.iter < stop_iter:
             self._clear_diffs()
             if (param.test_interval and self.iter % param.test_interval == 0
                     and (self.iter > 0 or param.test_initialization)):
-                self.test_all()
-                if self.requested_action == "stop":
+                if self.is_root:
+                    self.test_all()
+                if self.world is None and self.requested_action == "stop":
                     self.stopped_early = True
                     break
             display = param.display and self.iter % param.display == 0
@@ -185,6 +229,8 @@ class Solver:
                 outputs = self.net.forward_backward()
                 loss += outputs.loss.item()
             loss /= param.iter_size
+            if self.world is not None:
+                loss, agreed = self._reduce_iteration(loss)
             self.last_outputs = outputs
             self._update_smoothed_loss(loss)
             if display:
@@ -200,13 +246,81 @@ class Solver:
             self.iter += 1
             for callback in self.callbacks:
                 callback(self, outputs)
-            action, self.requested_action = self.requested_action, None
+            if self.world is None:
+                action, self.requested_action = self.requested_action, None
+            else:
+                action = agreed
             if (param.snapshot and self.iter % param.snapshot == 0) or action == "snapshot" \
                     or action == "stop":
                 self.snapshot()
             if action == "stop":
                 self.stopped_early = True
                 break
+
+    # --- several processes (runtime.distributed) ---------------------------------------------
+
+    _REQUESTS = ("stop", "snapshot")
+
+    def _reduce_iteration(self, loss):
+        """Average the gradients over the ranks (before clipping, as Caffe) and agree on the
+        stop / snapshot requests any rank received. Returns (mean loss, agreed action)."""
+        gradients = []
+        for p in self.learnable:
+            if not p.tensor.requires_grad:
+                continue        # frozen (lr_mult 0) on every rank alike
+            if p.tensor.grad is None:
+                p.tensor.grad = torch.zeros_like(p.tensor)
+            gradients.append(p.tensor.grad)
+        requests = [self.requested_action == kind for kind in self._REQUESTS]
+        self.requested_action = None
+        loss, counts = self.world.reduce_iteration(gradients, loss, requests)
+        agreed = next((kind for kind, count in zip(self._REQUESTS, counts) if count), None)
+        return loss, agreed
+
+    def _synchronise(self, resumed=None):
+        """Give every rank rank 0's weights; after a resume also its history, iteration,
+        loss window and each rank's own run state (`resumed`: rank 0's per-rank states)."""
+        tensors = [p.tensor for p in self.learnable]
+        if resumed is not None:
+            tensors += [h for histories in self.history for h in histories]
+        self.world.broadcast_tensors(tensors)
+        self._synchronised = True
+        if resumed is None:
+            return
+        header = None
+        if self.is_root:
+            header = run_state.encode({"iter": self.iter, "current_step": self.current_step,
+                                       "loss_window": self._loss_window(),
+                                       "ranks": resumed})
+        state = run_state.decode(self.world.broadcast_bytes(header), "rank 0's resume state")
+        self.iter, self.current_step = state["iter"], state["current_step"]
+        self._set_loss_window(state["loss_window"])
+        if state["ranks"] and not self.is_root:
+            self._load_rank_state(state["ranks"][self.world.rank])
+
+    def _rank_state(self):
+        """What differs between ranks: the random streams and every net's run state."""
+        return {"torch_rng": torch.get_rng_state(),
+                # Python layers may draw from these, as Caffe's Python layers often do.
+                "numpy_rng": list(np.random.get_state()),
+                "python_rng": _python_random_state(random.getstate()),
+                "nets": [net_run_state(net) for net in [self.net] + self.test_nets]}
+
+    def _load_rank_state(self, state):
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(tuple(state["numpy_rng"]))
+        version, internal, gauss = state["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+        for net, net_state in zip([self.net] + self.test_nets, state["nets"]):
+            restore_net_run_state(net, net_state)
+
+    def _gather_rank_states(self):
+        """Every rank's run state, in rank order, on rank 0 (None on the others)."""
+        parts = self.world.gather_bytes(run_state.encode(self._rank_state()))
+        if parts is None:
+            return None
+        return [run_state.decode(part, f"rank {rank}'s run state")
+                for rank, part in enumerate(parts)]
 
     def _clear_diffs(self):
         for p in self.net.parameters():
@@ -297,6 +411,9 @@ class Solver:
         """Write <prefix>_iter_<N>.caffemodel, .solverstate and the .lrcn sidecar as one set
         (module docstring): the .solverstate, renamed last, commits it."""
         self._last_snapshot_iter = self.iter
+        rank_states = self._gather_rank_states() if self.world is not None else None
+        if not self.is_root:
+            return None
         base = f"{self.snapshot_prefix()}_iter_{self.iter}"
         model_file, state_file = base + ".caffemodel", base + ".solverstate"
         self.log(f"Snapshotting to binary proto file {model_file}")
@@ -310,7 +427,10 @@ class Solver:
             for history in self.history:
                 state.history.append(weight_files.array_to_blob(history[index].cpu().numpy()))
         state_bytes = state.SerializeToString()
-        sidecar = run_state.encode(self._sidecar_state(model_bytes, state_bytes))
+        sidecar_state = self._sidecar_state(model_bytes, state_bytes)
+        if rank_states is not None:
+            sidecar_state.update(world_size=self.world.size, ranks=rank_states)
+        sidecar = run_state.encode(sidecar_state)
         self.log(f"Snapshotting solver state to binary proto file {state_file}")
         files.write_files_atomically([(model_file, model_bytes), (state_file + ".lrcn", sidecar),
                                       (state_file, state_bytes)])
@@ -322,7 +442,16 @@ class Solver:
             self.log(f"removed {path}, left by an interrupted snapshot")
 
     def restore(self, state_file):
-        """Resume from a .solverstate (Caffe's or ours); bit-identical with the .lrcn sidecar."""
+        """Resume from a .solverstate (Caffe's or ours); bit-identical with the .lrcn sidecar.
+        On several ranks rank 0 reads the files and hands every rank its part."""
+        if self.world is None:
+            self._restore_files(state_file)
+            return
+        self._rank_states = None
+        self.world.root_first(lambda: self._restore_files(state_file))
+        self._synchronise(resumed=self._rank_states or [])
+
+    def _restore_files(self, state_file):
         state_bytes = _read_bytes(state_file, ".solverstate")
         state = weight_files.read_solver_state(state_file)
         if state.iter < 0:
@@ -375,25 +504,29 @@ class Solver:
         return {"iter": self.iter,
                 "caffemodel_sha256": hashlib.sha256(model_bytes).hexdigest(),
                 "solverstate_sha256": hashlib.sha256(state_bytes).hexdigest(),
-                "torch_rng": torch.get_rng_state(),
-                # Python layers may draw from these, as Caffe's Python layers often do.
-                "numpy_rng": list(np.random.get_state()),
-                "python_rng": _python_random_state(random.getstate()),
-                "loss_window": {"losses": list(self._losses), "smoothed": self._smoothed_loss,
-                                "start": self._window_start},
-                "nets": [net_run_state(net) for net in [self.net] + self.test_nets]}
+                "loss_window": self._loss_window(), **self._rank_state()}
 
     def _load_sidecar_state(self, state):
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(tuple(state["numpy_rng"]))
-        version, internal, gauss = state["python_rng"]
-        random.setstate((version, tuple(internal), gauss))
-        window = state["loss_window"]
+        ranks = self.world.size if self.world is not None else 1
+        if state.get("world_size", 1) != ranks:
+            raise CompileError(f"this snapshot was written by {state.get('world_size', 1)} "
+                               f"training process(es); resuming it exactly needs as many, not "
+                               f"{ranks}", hint="resume with the same number of ranks, or "
+                               "delete the .lrcn file to resume like Caffe (data positions, "
+                               "random streams and recurrent states restart)")
+        self._set_loss_window(state["loss_window"])
+        self._load_rank_state(state)
+        if self.world is not None:
+            self._rank_states = state["ranks"]
+
+    def _loss_window(self):
+        return {"losses": list(self._losses), "smoothed": self._smoothed_loss,
+                "start": self._window_start}
+
+    def _set_loss_window(self, window):
         self._losses = [float(loss) for loss in window["losses"]]
         self._smoothed_loss, self._window_start = float(window["smoothed"]), int(window["start"])
         self._continue_window = True
-        for net, net_state in zip([self.net] + self.test_nets, state["nets"]):
-            restore_net_run_state(net, net_state)
 
 
 def _python_random_state(state):
@@ -485,6 +618,10 @@ def _fmt(value):
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return str(value)
     return f"{value:.6g}"
+
+
+def _no_log(line):
+    """Ranks other than 0 log nothing (Caffe: only the root solver displays)."""
 
 
 def _default_log(line):

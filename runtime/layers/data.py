@@ -24,7 +24,7 @@ import torch
 from compiler import data_shapes, data_sources
 from compiler.errors import CompileError
 from compiler.shapes import ShapeContext
-from runtime import prefetch
+from runtime import prefetch, sharding
 from runtime import python_layer  # noqa: F401  (registers the "Python" unit)
 from runtime.fillers import fill_
 from runtime.layers.base import CaffeLayer
@@ -68,8 +68,10 @@ class DataLayer(CaffeLayer):
 
     def forward(self):
         if self._prefetcher is None:
-            self._prefetcher = prefetch.Prefetcher(self.load_batch, self.workers, self.depth,
-                                                   self.layer.name, self._start)
+            # sharding.load: on several ranks, this rank's part of each batch (else load_batch).
+            self._prefetcher = prefetch.Prefetcher(lambda index: sharding.load(self, index),
+                                                   self.workers, self.depth, self.layer.name,
+                                                   self._start)
         return tuple(torch.from_numpy(array) for array in self._prefetcher.next())
 
     @property

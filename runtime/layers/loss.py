@@ -45,6 +45,14 @@ def _normalization(layer_param, default):
     return default
 
 
+def normalizes_by_valid_count(layer_param):
+    """True when the loss divides by the number of labels that are not ignored (VALID with an
+    ignore_label): on several ranks each divides by its own count, so their average is not
+    exactly one process's over the combined batch (as in Caffe)."""
+    return (layer_param.loss_param.HasField("ignore_label")
+            and _normalization(layer_param, _NORM.VALID) == _NORM.VALID)
+
+
 def _normalizer(mode, outer, inner, valid_count):
     """Caffe's get_normalizer, never below 1 (a batch with every label ignored gives 0 loss,
     not NaN). `valid_count` is a tensor so that no device sync is needed."""

@@ -38,7 +38,7 @@ import torch
 from compiler import data_shapes, data_sources
 from compiler.errors import CompileError
 from compiler.shapes import ShapeContext
-from runtime import prefetch
+from runtime import prefetch, sharding
 from runtime.layers.base import CaffeLayer
 from runtime.layers.registry import register
 from runtime.transform import decode_image, load_mean_file, resize_bilinear
@@ -308,7 +308,8 @@ class VideoData(CaffeLayer):
         return self.plan.batch(index)
 
     def _produce(self, index):
-        return self.load_batch(index + self._offset)
+        # sharding.load: on several ranks, this rank's clips of each batch.
+        return sharding.load(self, index + self._offset)
 
     def forward(self):
         if self._prefetcher is None:

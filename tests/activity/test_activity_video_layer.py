@@ -379,3 +379,16 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "reshape-labe
         assert torch.equal(a.tensor, b.tensor), a.name
     assert straight.net.layer("data").resume_state()["batch"] == 6
     assert resumed.net.layer("data").resume_state()["batch"] == 6
+
+
+def test_rank_of_two_reads_its_chunk_of_clips(tree):
+    """Several ranks (runtime.sharding): rank r's batch k holds the clips of batch 2k + r, so
+    the two ranks together read the clips one process with twice the batch would."""
+    from runtime.sharding import LayerShard
+    text = layer_text(tree / "list.txt", extra="shuffle: true")
+    whole = batches(build(text, seed=3), 6)
+    rank1 = build(text, seed=3)
+    rank1.data_shard = LayerShard(1, 2)
+    for k, batch in enumerate(batches(rank1, 3)):
+        for x, y in zip(batch, whole[2 * k + 1]):
+            np.testing.assert_array_equal(x, y)
