@@ -16,6 +16,7 @@ import torch
 
 from compiler.cli import ToolParser, run_tool
 from compiler.errors import CompileError
+from compiler.extras import require
 
 
 class CaffeLog:
@@ -31,11 +32,8 @@ class CaffeLog:
             self.csv_writer = csv.writer(self.csv_file)
             self.csv_writer.writerow(["iteration", "phase", "name", "value"])
         if tensorboard_dir:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise CompileError("--tensorboard needs the tensorboard package",
-                                   hint="pip install tensorboard") from None
+            require("tensorboard", "--tensorboard")
+            from torch.utils.tensorboard import SummaryWriter
             self.board = SummaryWriter(tensorboard_dir)
 
     def __call__(self, message):

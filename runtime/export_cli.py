@@ -9,14 +9,12 @@ import sys
 
 from compiler.cli import ToolParser, input_shape_argument, run_tool
 from compiler.errors import CompileError
+from compiler.extras import require
 
 
 def _exporter():
-    try:
-        from runtime import onnx_export
-    except ImportError as error:
-        raise CompileError(f"lrcn-export needs the onnx package: {error}",
-                           hint="pip install onnx onnxruntime") from None
+    require("onnx", "lrcn-export")
+    from runtime import onnx_export
     return onnx_export
 
 
@@ -117,11 +115,7 @@ def _export(argv):
 
 def _check(model, net, args, dynamic):
     ox = _exporter()
-    try:
-        session = ox.onnx_session(model)
-    except ImportError as error:
-        raise CompileError(f"--check needs onnxruntime: {error}",
-                           hint="pip install onnxruntime") from None
+    session = ox.onnx_session(model)
     steps = 3 if args.step else 1
     runs = [("", net)]
     if dynamic is not None:

@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from compiler.extras import MissingExtra
 from tasks.activity.errors import ActivityError
 from tasks.activity.flow import FarnebackParams, video_flow_images
 from tasks.activity.lists import (SplitEntry, VideoListEntry, frame_file_name,
@@ -343,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = prepare_dataset(options_from_args(args), quiet=args.quiet)
-    except ActivityError as error:
+    except (ActivityError, MissingExtra) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     except OSError as error:  # disk full, permissions: name the file, skip the traceback

@@ -15,6 +15,8 @@ onnxruntime only; tests check that its captions equal lrcn-caption's (tasks.capt
 
 import numpy as np
 
+from compiler.extras import require
+
 EOS_INDEX = 0
 IMAGE_INPUT, FEATURES = "data", "fc8"
 CONT, WORD_INPUT, FEATURE_INPUT = "cont_sentence", "input_sentence", "image_features"
@@ -26,7 +28,7 @@ class OnnxGreedyCaptioner:
     argmax is the same)."""
 
     def __init__(self, image_model, word_model, scores="probs"):
-        import onnxruntime
+        onnxruntime = require("onnxruntime", "captioning with ONNX models")
         options = onnxruntime.SessionOptions()
         providers = ["CPUExecutionProvider"]
         self.image = onnxruntime.InferenceSession(image_model, options, providers=providers)
