@@ -25,7 +25,7 @@ from lrcn_proto import caffe_pb2
 
 from .errors import CompileError
 from .graph import compile_net
-from .netstate import filter_net
+from .netstate import filter_net, with_stage_choice
 from .schema import Document
 from .upgrade import upgrade
 
@@ -43,6 +43,13 @@ class NetOptions:
     def compile(self, net):
         return compile_net(net, phase=self.phase, stages=tuple(self.stages), level=self.level,
                            input_shapes=self.input_shapes or None)
+
+    def compile_for_review(self, document):
+        """compile() for a tool that shows the result: (compiled, note), refusing a net or
+        NetState with no layers and naming the stage sets (netstate.with_stage_choice)."""
+        net = upgrade(document.message, document)
+        return with_stage_choice(lambda: self.compile(document), net, self.phase,
+                                 tuple(self.stages), self.level, document.filename)
 
 
 def require_net(document, tool):
@@ -361,7 +368,10 @@ class _Side:
         keys = layer_keys(net)
         side = cls(document, net, keys, dict(zip(keys, net.layer)))
         try:
-            side.compiled = options.compile(document)
+            if net.layer:
+                side.compiled, _ = options.compile_for_review(document)
+            else:   # an added or deleted file: one side is legitimately empty
+                side.compiled = options.compile(document)
         except CompileError as error:
             side.compile_error = error
         side.selected = side._selected_keys(options)
@@ -405,7 +415,9 @@ def diff_nets(old, new, options):
         # shape lines would otherwise read as "shapes unchanged".
         notes = [Change("!", f"{side.compile_error.location}: {side.compile_error.message}",
                         [f"(does not compile in {options.phase}, so its shapes and parameter "
-                         "counts are not compared)"])
+                         "counts are not compared)"]
+                        + ([f"hint: {side.compile_error.hint}"] if side.compile_error.hint
+                           else []))
                  for side in (old, new) if side.compile_error is not None]
         changes = notes + changes
     return changes

@@ -15,6 +15,7 @@ import sys
 from . import review
 from .cli import ToolParser, input_shape_argument, run_tool, write_atomically
 from .errors import CompileError
+from .netstate import split_stages
 from .schema import load_file, load_text
 from .textformat import decode_source
 
@@ -26,7 +27,9 @@ def add_net_options(parser, phase_default="TRAIN"):
                         default=phase_default, help=f"phase to compile in (default "
                         f"{phase_default})")
     parser.add_argument("--stage", action="append", default=[], metavar="S",
-                        help="add a stage to the NetState (repeatable)")
+                        help="add stages to the NetState (repeatable, or comma-separated); "
+                        "without any, a net that chooses its layers by stage is refused or "
+                        "noted with the stage sets it defines")
     parser.add_argument("--level", type=int, default=0, metavar="N",
                         help="NetState level (default 0)")
     parser.add_argument("--input-shape", action="append", default=[],
@@ -36,7 +39,7 @@ def add_net_options(parser, phase_default="TRAIN"):
 
 
 def net_options(args):
-    return review.NetOptions(phase=args.phase, stages=tuple(args.stage), level=args.level,
+    return review.NetOptions(phase=args.phase, stages=split_stages(args.stage), level=args.level,
                              input_shapes=dict(args.input_shape))
 
 
@@ -44,6 +47,14 @@ def load_net(path, tool):
     document = load_file(path)
     review.require_net(document, tool)
     return document
+
+
+def compile_net_file(args, tool):
+    """The NET argument compiled with the tool's options; a note goes to stderr."""
+    compiled, note = net_options(args).compile_for_review(load_net(args.net, tool))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return compiled
 
 
 # --- lrcn-show --------------------------------------------------------------------------------
@@ -61,7 +72,7 @@ def _show(argv):
                         help="table (human units), or yaml / json (exact numbers, stable "
                         "key order, one layer per item)")
     args = parser.parse_args(argv)
-    compiled = net_options(args).compile(load_net(args.net, "lrcn-show"))
+    compiled = compile_net_file(args, "lrcn-show")
     sys.stdout.write(review.SHOW_FORMATS[args.format](compiled))
     return 0
 
@@ -200,7 +211,7 @@ def _draw(argv):
                         help="direction of the data flow (default LR, as Caffe's draw_net)")
     args = parser.parse_args(argv)
     graphviz_format = review.output_format(args.output)
-    compiled = net_options(args).compile(load_net(args.net, "lrcn-draw"))
+    compiled = compile_net_file(args, "lrcn-draw")
     dot_text = review.net_to_dot(compiled, args.rankdir)
     if args.output == "-":
         sys.stdout.write(dot_text)

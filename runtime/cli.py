@@ -16,6 +16,7 @@ import torch
 
 from compiler.cli import ToolParser, run_tool
 from compiler.errors import CompileError
+from compiler.netstate import split_stages, with_stage_choice
 from compiler.extras import require
 
 
@@ -76,11 +77,6 @@ def _device(gpu, log):
         raise CompileError(f"--gpu expects a device number or 'all', got {gpu!r}") from None
 
 
-def _stages(values):
-    """--stage may repeat and each may hold a comma-separated list (Caffe's spelling)."""
-    return tuple(s for value in values or () for s in value.split(",") if s)
-
-
 # --- lrcn-train ------------------------------------------------------------------------------
 
 def _train(argv):
@@ -110,7 +106,7 @@ def _train(argv):
     from runtime.solver import Solver   # imported here so --help stays fast
     log = CaffeLog(csv_path=args.log_csv, tensorboard_dir=args.tensorboard)
     try:
-        solver = Solver(solver_file, stages=_stages(args.stage), device=_device(args.gpu, log),
+        solver = Solver(solver_file, stages=split_stages(args.stage), device=_device(args.gpu, log),
                         log=log)
         if args.iterations is not None:
             solver.param.max_iter = args.iterations
@@ -206,7 +202,9 @@ def _net_arguments(parser, default_phase):
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--phase", default=default_phase, choices=["TRAIN", "TEST"],
                         type=str.upper)
-    parser.add_argument("--stage", action="append")
+    parser.add_argument("--stage", action="append", help="net stages (repeatable, or "
+                        "comma-separated); a net that chooses its layers by stage and gets "
+                        "none is refused or noted with the stage sets it defines")
     parser.add_argument("--level", type=int, default=0)
     parser.add_argument("--gpu", help="CUDA device number")
 
@@ -216,8 +214,15 @@ def _open_net(args, parser, log):
     path = args.model or args.net
     if not path:
         parser.error("give the net file: NET (or --model=NET)")
-    net = Net(path, weights=args.weights, phase=args.phase, stages=_stages(args.stage),
-              level=args.level)
+    import compiler
+    document = compiler.load_file(path, "net")
+    stages = split_stages(args.stage)
+    net, note = with_stage_choice(
+        lambda: Net(document, weights=args.weights, phase=args.phase, stages=stages,
+                    level=args.level),
+        compiler.upgrade(document.message, document), args.phase, stages, args.level, path)
+    if note:
+        log(f"note: {note}")
     device = _device(args.gpu, log)
     if device is not None:
         net.to(device)

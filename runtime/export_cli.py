@@ -10,6 +10,7 @@ import sys
 from compiler.cli import ToolParser, input_shape_argument, run_tool
 from compiler.errors import CompileError
 from compiler.extras import require
+from compiler.netstate import split_stages
 
 
 def _exporter():
@@ -65,10 +66,6 @@ def _parser():
     return parser
 
 
-def _stages(values):
-    return tuple(s for value in values for s in value.split(",") if s)
-
-
 def _build_net(compiled, weights, seed):
     from runtime.net import Net
     try:
@@ -93,7 +90,7 @@ def _export(argv):
     if document.kind != "net":
         raise CompileError(f"this is a {document.kind} definition, not a net", args.net,
                            hint="export the net file the solver names")
-    state = dict(phase=args.phase, stages=_stages(args.stage), level=args.level)
+    state = dict(phase=args.phase, stages=split_stages(args.stage), level=args.level)
     shapes = dict(args.input_shape)
     deploy = ox.load_deployable(document, input_shapes=shapes, **state)
     for note in deploy.notes:
