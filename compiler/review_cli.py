@@ -16,6 +16,7 @@ from . import review
 from .cli import ToolParser, input_shape_argument, run_tool, write_atomically
 from .errors import CompileError
 from .netstate import split_stages
+from .svg_draw import net_to_svg
 from .schema import load_file, load_text
 from .textformat import decode_source
 
@@ -197,15 +198,16 @@ def diff_main(argv=None):
 def _draw(argv):
     parser = ToolParser(
         "lrcn-draw", "Draw a compiled net's layer graph: DOT text, or SVG / PNG / PDF through "
-        "Graphviz's dot (chosen by the -o extension). One node per blob name, as Caffe's "
-        "draw_net draws; in-place layers in green.",
+        "Graphviz's dot (chosen by the -o extension); without dot, SVG comes from a built-in "
+        "layered layout. One node per blob name, as Caffe's draw_net draws; in-place layers in "
+        "green.",
         "lrcn-draw nets/lrcn_caption.prototxt -o caption.svg --phase TEST --stage factored\n"
         "lrcn-draw deploy.prototxt -o deploy.dot --rankdir TB\n"
         "lrcn-draw deploy.prototxt -o - | dot -Tpng > deploy.png")
     parser.add_argument("net", metavar="NET", help="net .prototxt file")
     parser.add_argument("-o", "--output", required=True, metavar="FILE",
-                        help="output file: .dot/.gv (DOT text, '-' for stdout), .svg, .png, "
-                        ".pdf (need Graphviz)")
+                        help="output file: .dot/.gv (DOT text, '-' for stdout), .svg (Graphviz "
+                        "when installed, else built in), .png, .pdf (need Graphviz)")
     add_net_options(parser)
     parser.add_argument("--rankdir", type=str.upper, choices=review.RANKDIRS, default="LR",
                         help="direction of the data flow (default LR, as Caffe's draw_net)")
@@ -217,6 +219,8 @@ def _draw(argv):
         sys.stdout.write(dot_text)
     elif graphviz_format == "dot":
         write_atomically(args.output, dot_text)
+    elif graphviz_format == "svg" and not review.graphviz_available():
+        write_atomically(args.output, net_to_svg(compiled, args.rankdir))
     else:
         review.render_with_graphviz(dot_text, graphviz_format, args.output)
     return 0

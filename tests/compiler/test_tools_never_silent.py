@@ -125,3 +125,32 @@ def test_bundled_nets_and_solvers_are_lrcn_fmt_clean(capsys):
     assert files
     code, out, err = run(fmt_main, ["--check"] + files, capsys)
     assert (code, out, err) == (0, "", ""), f"run lrcn-fmt -i on: {out}{err}"
+
+
+def test_lrcn_draw_svg_without_graphviz_is_drawn_in_python(files, capsys, monkeypatch):
+    from xml.dom import minidom
+
+    from compiler import review
+    monkeypatch.setattr(review, "graphviz_available", lambda: False)
+    out_file = files / "net.svg"
+    code, _, err = run(draw_main, [str(files / "staged.prototxt"), "--stage", "big",
+                                   "-o", str(out_file)], capsys)
+    assert code == 0, err
+    svg = minidom.parse(str(out_file))
+    texts = [node.firstChild.data for node in svg.getElementsByTagName("text")]
+    assert "staged (TRAIN)" in texts
+    for expected in ("big", "(InnerProduct)", "relu", "data", "out", "2x8"):
+        assert expected in texts
+    # Input layer -> data -> big -> out, and the in-place relu: out -> relu -> out
+    assert len(svg.getElementsByTagName("line")) == 5
+    assert len(svg.getElementsByTagName("rect")) == 5     # 3 layers, 2 blobs
+
+
+def test_lrcn_draw_png_without_graphviz_says_how_to_get_it(files, capsys, monkeypatch):
+    import shutil
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    code, _, err = run(draw_main, [str(files / "staged.prototxt"), "--stage", "big",
+                                   "-o", str(files / "net.png")], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "needs Graphviz's dot, which is not installed: apt-get install graphviz" in err
+    assert not (files / "net.png").exists()
