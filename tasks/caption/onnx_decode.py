@@ -49,6 +49,11 @@ class OnnxGreedyCaptioner:
     def greedy(self, features, max_length=50):
         """Net-index captions (EOS excluded), one per row of `features`: LRCN's greedy decoder
         (start from EOS as BOS with cont 0, then feed back the argmax word with cont 1)."""
+        return [tokens for tokens, _ in self.decode(features, max_length)]
+
+    def decode(self, features, max_length=50):
+        """greedy() with, per caption, whether the model ended it (False: cut at max_length
+        tokens, EOS counted as a token as lrcn-caption counts it)."""
         n = len(features)
         states = {name: np.zeros((1, n, shape[-1]), np.float32)
                   for name, shape in self.state_shapes.items()}
@@ -72,4 +77,4 @@ class OnnxGreedyCaptioner:
                 break
             words = chosen.reshape(1, n).astype(np.float32)
             cont = np.ones((1, n), np.float32)
-        return captions
+        return list(zip(captions, finished.tolist()))
