@@ -64,7 +64,7 @@ def _show(argv):
     parser = ToolParser(
         "lrcn-show", "Print a net's compiled layers in execution order: type, bottoms, tops, "
         "top shapes, learnable parameters and forward FLOPs, with totals.",
-        "lrcn-show nets/lrcn_caption.prototxt --phase TEST --stage factored\n"
+        "lrcn-show nets/lrcn_caption.prototxt --phase TEST --stage factored,2-layer,test-on-val\n"
         "lrcn-show deploy.prototxt --format json > deploy.layers.json\n"
         "lrcn-show train.prototxt --input-shape data=20,3,227,227 --format yaml")
     parser.add_argument("net", metavar="NET", help="net .prototxt file")
@@ -201,9 +201,10 @@ def _draw(argv):
         "Graphviz's dot (chosen by the -o extension); without dot, SVG comes from a built-in "
         "layered layout. One node per blob name, as Caffe's draw_net draws; in-place layers in "
         "green.",
-        "lrcn-draw nets/lrcn_caption.prototxt -o caption.svg --phase TEST --stage factored\n"
+        "lrcn-draw nets/lrcn_caption.prototxt -o caption.svg --stage factored,2-layer\n"
         "lrcn-draw deploy.prototxt -o deploy.dot --rankdir TB\n"
-        "lrcn-draw deploy.prototxt -o - | dot -Tpng > deploy.png")
+        "lrcn-draw deploy.prototxt -o - | grep -c -- '->'   # DOT on stdout: count the edges\n"
+        "# .png / .pdf need Graphviz's dot: lrcn-draw deploy.prototxt -o deploy.png")
     parser.add_argument("net", metavar="NET", help="net .prototxt file")
     parser.add_argument("-o", "--output", required=True, metavar="FILE",
                         help="output file: .dot/.gv (DOT text, '-' for stdout), .svg (Graphviz "

@@ -81,9 +81,11 @@ def _device(gpu, log):
 
 def _train(argv):
     parser = ToolParser("lrcn-train", "Train a net with a Caffe solver file (like `caffe train`).",
-                        "lrcn-train solvers/caption_solver.prototxt\n"
-                        "lrcn-train --solver=solvers/caption_solver.prototxt --weights=init.caffemodel\n"
-                        "lrcn-train solvers/caption_solver.prototxt --snapshot runs/caption_iter_500.solverstate")
+                        "lrcn-train solvers/caption_solver.prototxt --iterations 20   # runs/caption/*_iter_20.*\n"
+                        "lrcn-train --solver=solvers/caption_solver.prototxt --iterations 20 \\\n"
+                        "    --weights=runs/caption/lrcn_caption_iter_20.caffemodel\n"
+                        "lrcn-train solvers/caption_solver.prototxt --iterations 40 \\\n"
+                        "    --snapshot runs/caption/lrcn_caption_iter_20.solverstate")
     parser.add_argument("solver_file", nargs="?", metavar="SOLVER", help="solver .prototxt")
     parser.add_argument("--solver", help="the solver file (Caffe's spelling)")
     parser.add_argument("--weights", help="initial weights: a.caffemodel[,b.caffemodel] "
@@ -232,8 +234,9 @@ def _open_net(args, parser, log):
 def _test(argv):
     parser = ToolParser("lrcn-test", "Score a net: mean of every output over N forward passes "
                         "(like `caffe test`).",
-                        "lrcn-test nets/lrcn_caption.prototxt --weights runs/caption_iter_1500.caffemodel "
-                        "--iterations 10 --stage test-on-val")
+                        "lrcn-test nets/lrcn_caption.prototxt --weights "
+                        "runs/caption/lrcn_caption_iter_40.caffemodel \\\n"
+                        "    --iterations 2 --stage factored,2-layer,test-on-val")
     _net_arguments(parser, "TEST")
     args = parser.parse_args(argv)
     log = CaffeLog("caffe.py")
@@ -264,7 +267,7 @@ def test_main(argv=None):
 
 def _time(argv):
     parser = ToolParser("lrcn-time", "Per-layer forward and backward times (like `caffe time`).",
-                        "lrcn-time nets/lrcn_caption.prototxt --iterations 10")
+                        "lrcn-time nets/lrcn_caption.prototxt --stage factored,2-layer --iterations 2")
     _net_arguments(parser, "TRAIN")
     parser.set_defaults(iterations=50)
     args = parser.parse_args(argv)

@@ -30,8 +30,9 @@ def _parser():
         "state, or with --step take their states as inputs '<layer>.h0'/'<layer>.c0' and "
         "return '<layer>.hT'/'<layer>.cT'.",
         "lrcn-export deploy.prototxt --weights model.caffemodel -o model.onnx --check\n"
-        "lrcn-export lstm_lm.deploy.prototxt --weights lm.caffemodel -o lm_step.onnx --step\n"
-        "lrcn-export train_val.prototxt --phase TEST --input-shape data=1,3,227,227 "
+        "lrcn-export nets/lrcn_caption_deploy.prototxt --stage word,factored,2-layer --step \\\n"
+        "    --weights runs/caption/lrcn_caption_iter_40.caffemodel -o word_step.onnx --check\n"
+        "lrcn-export train.prototxt --phase TEST --input-shape data=1,3,32,32 "
         "-o net.onnx --dynamic-batch")
     parser.add_argument("net", metavar="NET", help="net .prototxt")
     parser.add_argument("--weights", metavar="W", help="weights: a.caffemodel[,b.caffemodel] "

@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                f"  {PROG} --videos UCF-101 --split ucfTrainTestlist/trainlist01.txt \\\n"
                "      --split ucfTrainTestlist/testlist01.txt \\\n"
                "      --class-index ucfTrainTestlist/classInd.txt --label-base 1 \\\n"
-               "      --resize 240x320 --jobs 8 --out ucf101",
+               "      --resize 240x320 --jobs 2 --out ucf101",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", required=True, type=Path, metavar="DIR",
                         help="folder the split files' paths are relative to (Class/v_X.avi)")

@@ -91,7 +91,7 @@ examples:
   # the unfactored 1-layer variant, 10 samples per image at inverse temperature 2, the most
   # probable kept
   lrcn-caption --weights one_layer.caffemodel --stage unfactored,1-layer \\
-      --temperature 2 --samples 10 data/caption_shapes/images
+      --temperature 2 --samples 10 data/caption_shapes/images/test_000581.png
 
 inputs: an image file, a folder (its images, sorted by name), a COCO JSON with an "images"
 list (file_name under --image-root, default the JSON's folder; its ids label the output), or

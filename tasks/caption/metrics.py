@@ -46,9 +46,9 @@ examples:
   lrcn-caption-eval --results generated_test.json \\
       --annotations data/caption_shapes/prepared/test_references.json --json scores.json
 
-  # retrieval from a score matrix: scores.npz holds log_p (images x captions) and
-  # caption_image (for each caption, the row of its image)
-  lrcn-caption-eval --scores scores.npz
+  # retrieval from a score matrix (lrcn-caption-retrieval --save-scores writes one): log_p
+  # (images x captions) and caption_image (for each caption, the row of its image)
+  lrcn-caption-eval --scores test_scores.npz
 
 exit status: 0 success, 1 a problem with an input file, 2 bad usage.
 """
