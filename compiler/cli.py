@@ -6,7 +6,6 @@ bad usage (argparse's own convention).
 
 import argparse
 import difflib
-import os
 import sys
 
 from .errors import CompileError
@@ -14,8 +13,9 @@ from .files import write_text_atomically
 from .formatter import format_document
 from .graph import compile_net
 from .netstate import candidate_states, describe_state, net_state, solver_net_states
-from .schema import load_file
+from .schema import load_file, load_text
 from .sizes import memory_text
+from .textformat import decode_source
 from .upgrade import upgrade
 from .validate import check_solver
 
@@ -158,8 +158,10 @@ def _fmt(argv):
                         "order, two-space indent, one field per line, comments kept.",
                         "lrcn-fmt nets/lrcn_caption.prototxt          # print to stdout\n"
                         "lrcn-fmt -i nets/*.prototxt                   # rewrite in place\n"
-                        "lrcn-fmt --check nets/*.prototxt              # exit 1 if any would change")
-    parser.add_argument("files", nargs="+", metavar="FILE")
+                        "lrcn-fmt --check nets/*.prototxt              # exit 1 if any would change\n"
+                        "lrcn-fmt - < nets/lrcn_caption.prototxt       # read stdin (an editor's filter)")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="net or solver files; '-' "
+                        "reads standard input (not with -i)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("-i", "--in-place", action="store_true",
                       help="rewrite each file (atomically) instead of printing it")
@@ -168,12 +170,12 @@ def _fmt(argv):
     mode.add_argument("--diff", action="store_true",
                       help="print a unified diff of the changes instead of the text")
     args = parser.parse_args(argv)
+    if args.in_place and STDIN in args.files:
+        parser.error("-i rewrites files; standard input ('-') has none to rewrite")
     changed = failed = 0
     for path in args.files:
         try:
-            document = load_file(path)
-            with open(path, encoding="utf-8-sig") as handle:
-                original = handle.read()
+            document, original = _read_for_fmt(path)
         except CompileError as error:
             print(error, file=sys.stderr)
             failed += 1
@@ -196,6 +198,21 @@ def _fmt(argv):
     if failed:
         return 1
     return 1 if (args.check and changed) else 0
+
+
+STDIN = "-"
+
+
+def _read_for_fmt(path):
+    """(Document, the text as written) of a file, or of standard input for '-'."""
+    if path != STDIN:
+        document = load_file(path)
+        with open(path, encoding="utf-8-sig") as handle:
+            return document, handle.read()
+    data = sys.stdin.buffer.read()
+    decode_source(data, "<stdin>")     # a located error for binary input
+    original = data.decode("utf-8-sig")
+    return load_text(original, None, "<stdin>"), original
 
 
 def fmt_main(argv=None):

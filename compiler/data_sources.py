@@ -25,6 +25,7 @@ import numpy as np
 from lrcn_proto import caffe_pb2
 
 from .errors import CompileError
+from .extras import require
 from .paths import resolve_path
 
 
@@ -282,7 +283,7 @@ _readers_lock = threading.Lock()
 def open_lmdb(path, write=False, map_size=None):
     """An lmdb.Environment on a Caffe LMDB (a directory holding data.mdb, or the file itself).
     Read-only environments are shared: do not close them."""
-    import lmdb
+    lmdb = require("lmdb", "reading an LMDB database (Caffe's Data layer)")
     if write:
         return _open_lmdb(lmdb, path, dict(subdir=True, lock=True, map_size=map_size))
     if not os.path.exists(path):

@@ -205,6 +205,55 @@ def _stages_that_produce(net, state, blob):
     return [], other_phase_producer
 
 
+# --- a tool given a net file and a NetState --------------------------------------------------
+
+def split_stages(values):
+    """--stage values as tools take them (Caffe's spelling): repeatable, each possibly a
+    comma-separated list. ["a,b", "c"] -> ("a", "b", "c")."""
+    return tuple(stage for value in values or () for stage in value.split(",") if stage)
+
+
+def stage_sets(net, phase):
+    """The stage sets a net file defines for `phase` (completed as lrcn-check completes them),
+    as tuples of stage names; the empty set is not listed."""
+    return [tuple(state.stage) for state in candidate_states(net, phase).states if state.stage]
+
+
+def _stage_sets_text(net, phase):
+    """"a,b | c,d": the stage sets as --stage takes them, or None when the net has none."""
+    sets = stage_sets(net, phase)
+    return " | ".join(",".join(stages) for stages in sets) if sets else None
+
+
+def with_stage_choice(compile_state, net, phase, stages=(), level=0, filename=None):
+    """Run `compile_state()` (a tool compiling the upgraded `net` in this NetState) so that a
+    review tool never silently shows nothing: a net without layers, or a state that selects
+    none, is a CompileError; when no stages were given and the state does not compile, the
+    error's hint names the stage sets to pick from. Returns (result, note): the note lists the
+    stage sets the net also defines when none were given (None otherwise)."""
+    if not net.layer:
+        raise CompileError("the net defines no layers", filename)
+    state = net_state(net, phase, stages, level)
+    choices = _stage_sets_text(net, phase)
+    pick = f"this net chooses its layers by stage; pick a stage set with --stage: {choices}"
+    if not filter_net(net, state=state).indices:
+        raise CompileError(f"no layer is selected in {describe_state(state)}", filename,
+                           hint=pick if choices else "its include / exclude rules leave no "
+                           "layer in this NetState")
+    hint = pick if choices and not stages else None
+    try:
+        result = compile_state()
+    except CompileError as error:
+        if hint is None:
+            raise
+        raise CompileError(error.message, error.file, error.line, error.col,
+                           f"{error.hint}; {hint}" if error.hint else hint) from None
+    note = None
+    if hint is not None:
+        note = f"compiled with no stages; the net also defines the stage sets {choices}"
+    return result, note
+
+
 # --- the nets a solver builds --------------------------------------------------------------------
 
 @dataclass

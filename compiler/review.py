@@ -25,7 +25,7 @@ from lrcn_proto import caffe_pb2
 from .errors import CompileError
 from .files import temporary_path
 from .graph import compile_net
-from .netstate import filter_net
+from .netstate import filter_net, with_stage_choice
 from .schema import Document
 from .sizes import memory_text
 from .upgrade import upgrade
@@ -44,6 +44,13 @@ class NetOptions:
     def compile(self, net):
         return compile_net(net, phase=self.phase, stages=tuple(self.stages), level=self.level,
                            input_shapes=self.input_shapes or None)
+
+    def compile_for_review(self, document):
+        """compile() for a tool that shows the result: (compiled, note), refusing a net or
+        NetState with no layers and naming the stage sets (netstate.with_stage_choice)."""
+        net = upgrade(document.message, document)
+        return with_stage_choice(lambda: self.compile(document), net, self.phase,
+                                 tuple(self.stages), self.level, document.filename)
 
 
 def require_net(document, tool):
@@ -364,7 +371,10 @@ class _Side:
         keys = layer_keys(net)
         side = cls(document, net, keys, dict(zip(keys, net.layer)))
         try:
-            side.compiled = options.compile(document)
+            if net.layer:
+                side.compiled, _ = options.compile_for_review(document)
+            else:   # an added or deleted file: one side is legitimately empty
+                side.compiled = options.compile(document)
         except CompileError as error:
             side.compile_error = error
         side.selected = side._selected_keys(options)
@@ -408,7 +418,9 @@ def diff_nets(old, new, options):
         # shape lines would otherwise read as "shapes unchanged".
         notes = [Change("!", f"{side.compile_error.location}: {side.compile_error.message}",
                         [f"(does not compile in {options.phase}, so its shapes and parameter "
-                         "counts are not compared)"])
+                         "counts are not compared)"]
+                        + ([f"hint: {side.compile_error.hint}"] if side.compile_error.hint
+                           else []))
                  for side in (old, new) if side.compile_error is not None]
         changes = notes + changes
     return changes
@@ -656,48 +668,59 @@ def _pair_text(values, message, h_field, w_field, default):
     return "x".join(str(v) for v in values)
 
 
-def net_to_dot(compiled, rankdir="LR"):
-    """The compiled net as DOT text.
+@dataclass
+class DrawNode:
+    id: str
+    label: str
+    colour: str
+    is_blob: bool
+
+
+def draw_elements(compiled):
+    """The drawing of a compiled net as (nodes, edges), each in a stable order.
 
     Like Caffe's draw_net: one node per blob NAME (the versions an in-place layer writes
-    collapse into it) and in-place layers drawn in their own colour, with an edge into and out
-    of the blob they rewrite. Layers are boxes, blobs octagons labelled with name and shape
-    (of the blob's last version). One statement per line.
+    collapse into it) and in-place layers in their own colour, with an edge into and out of
+    the blob they rewrite. Blob labels carry the shape of the blob's last version.
     """
-    title = f"{compiled.name or '(unnamed)'} ({compiled.phase})"
-    lines = [f"digraph {dot_quote(compiled.name or 'net')} {{",
-             f"  graph {_attributes(rankdir=rankdir, label=title, labelloc='t')};",
-             '  node [fontsize="10"];']
-    declared = set()
+    nodes, declared = [], set()
     for layer in compiled.layers:
         for name in list(layer.bottom_names) + list(layer.top_names):
             if name not in declared:
                 declared.add(name)
-                lines.append(_blob_node(compiled, name))
-        lines.append(_layer_node(layer))
+                shape = compiled.blobs.get(compiled.latest.get(name))
+                nodes.append(DrawNode(blob_node_id(name), f"{name}\n{shape_text(shape)}",
+                                      _BLOB_COLOUR, True))
+        colour = (_IN_PLACE_COLOUR if is_in_place(layer)
+                  else _LAYER_COLOURS.get(layer.type, _DEFAULT_LAYER_COLOUR))
+        nodes.append(DrawNode(layer_node_id(layer), layer_label(layer), colour, False))
+    edges = []
     for layer in compiled.layers:
-        node = dot_quote(layer_node_id(layer))
-        for name in layer.bottom_names:
-            lines.append(f"  {dot_quote(blob_node_id(name))} -> {node};")
-        for name in layer.top_names:
-            lines.append(f"  {node} -> {dot_quote(blob_node_id(name))};")
+        node = layer_node_id(layer)
+        edges.extend((blob_node_id(name), node) for name in layer.bottom_names)
+        edges.extend((node, blob_node_id(name)) for name in layer.top_names)
+    return nodes, edges
+
+
+def net_title(compiled):
+    return f"{compiled.name or '(unnamed)'} ({compiled.phase})"
+
+
+def net_to_dot(compiled, rankdir="LR"):
+    """The compiled net as DOT text (see draw_elements): layers are boxes, blobs octagons.
+    One statement per line."""
+    lines = [f"digraph {dot_quote(compiled.name or 'net')} {{",
+             f"  graph {_attributes(rankdir=rankdir, label=net_title(compiled), labelloc='t')};",
+             '  node [fontsize="10"];']
+    nodes, edges = draw_elements(compiled)
+    for node in nodes:
+        shape = "octagon" if node.is_blob else "box"
+        attributes = _attributes(shape=shape, style="filled", fillcolor=node.colour,
+                                 label=node.label)
+        lines.append(f"  {dot_quote(node.id)} {attributes};")
+    lines.extend(f"  {dot_quote(source)} -> {dot_quote(target)};" for source, target in edges)
     lines.append("}")
     return "\n".join(lines) + "\n"
-
-
-def _blob_node(compiled, name):
-    shape = compiled.blobs.get(compiled.latest.get(name))
-    attributes = _attributes(shape="octagon", style="filled", fillcolor=_BLOB_COLOUR,
-                             label=f"{name}\n{shape_text(shape)}")
-    return f"  {dot_quote(blob_node_id(name))} {attributes};"
-
-
-def _layer_node(layer):
-    colour = (_IN_PLACE_COLOUR if is_in_place(layer)
-              else _LAYER_COLOURS.get(layer.type, _DEFAULT_LAYER_COLOUR))
-    attributes = _attributes(shape="box", style="filled", fillcolor=colour,
-                             label=layer_label(layer))
-    return f"  {dot_quote(layer_node_id(layer))} {attributes};"
 
 
 # Output formats by -o extension: DOT text is written directly; the rest go through Graphviz.
@@ -717,12 +740,18 @@ def output_format(path):
                        hint=f"name the file with one of {known}")
 
 
+def graphviz_available():
+    return shutil.which("dot") is not None
+
+
 def render_with_graphviz(dot_text, graphviz_format, path):
     """Run Graphviz's `dot` and write its output to `path` (replaced only when dot succeeds)."""
     executable = shutil.which("dot")
     if executable is None:
-        raise CompileError("Graphviz's dot is not installed; write a .dot file or install "
-                           "graphviz", path)
+        # Graphviz is a system program (no pip package ships it).
+        raise CompileError(f"writing .{graphviz_format} needs Graphviz's dot, which is not "
+                           "installed: apt-get install graphviz (or brew / conda install "
+                           "graphviz); .svg and .dot work without it", path)
     # dot creates the temporary itself, so the drawing gets the user's umask.
     temporary = temporary_path(os.path.abspath(path))
     try:

@@ -15,6 +15,8 @@ import sys
 from . import review
 from .cli import ToolParser, input_shape_argument, run_tool, write_atomically
 from .errors import CompileError
+from .netstate import split_stages
+from .svg_draw import net_to_svg
 from .schema import load_file, load_text
 from .textformat import decode_source
 
@@ -26,7 +28,9 @@ def add_net_options(parser, phase_default="TRAIN"):
                         default=phase_default, help=f"phase to compile in (default "
                         f"{phase_default})")
     parser.add_argument("--stage", action="append", default=[], metavar="S",
-                        help="add a stage to the NetState (repeatable)")
+                        help="add stages to the NetState (repeatable, or comma-separated); "
+                        "without any, a net that chooses its layers by stage is refused or "
+                        "noted with the stage sets it defines")
     parser.add_argument("--level", type=int, default=0, metavar="N",
                         help="NetState level (default 0)")
     parser.add_argument("--input-shape", action="append", default=[],
@@ -36,7 +40,7 @@ def add_net_options(parser, phase_default="TRAIN"):
 
 
 def net_options(args):
-    return review.NetOptions(phase=args.phase, stages=tuple(args.stage), level=args.level,
+    return review.NetOptions(phase=args.phase, stages=split_stages(args.stage), level=args.level,
                              input_shapes=dict(args.input_shape))
 
 
@@ -46,13 +50,21 @@ def load_net(path, tool):
     return document
 
 
+def compile_net_file(args, tool):
+    """The NET argument compiled with the tool's options; a note goes to stderr."""
+    compiled, note = net_options(args).compile_for_review(load_net(args.net, tool))
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return compiled
+
+
 # --- lrcn-show --------------------------------------------------------------------------------
 
 def _show(argv):
     parser = ToolParser(
         "lrcn-show", "Print a net's compiled layers in execution order: type, bottoms, tops, "
         "top shapes, learnable parameters and forward FLOPs, with totals.",
-        "lrcn-show nets/lrcn_caption.prototxt --phase TEST --stage factored\n"
+        "lrcn-show nets/lrcn_caption.prototxt --phase TEST --stage factored,2-layer,test-on-val\n"
         "lrcn-show deploy.prototxt --format json > deploy.layers.json\n"
         "lrcn-show train.prototxt --input-shape data=20,3,227,227 --format yaml")
     parser.add_argument("net", metavar="NET", help="net .prototxt file")
@@ -61,7 +73,7 @@ def _show(argv):
                         help="table (human units), or yaml / json (exact numbers, stable "
                         "key order, one layer per item)")
     args = parser.parse_args(argv)
-    compiled = net_options(args).compile(load_net(args.net, "lrcn-show"))
+    compiled = compile_net_file(args, "lrcn-show")
     sys.stdout.write(review.SHOW_FORMATS[args.format](compiled))
     return 0
 
@@ -186,26 +198,30 @@ def diff_main(argv=None):
 def _draw(argv):
     parser = ToolParser(
         "lrcn-draw", "Draw a compiled net's layer graph: DOT text, or SVG / PNG / PDF through "
-        "Graphviz's dot (chosen by the -o extension). One node per blob name, as Caffe's "
-        "draw_net draws; in-place layers in green.",
-        "lrcn-draw nets/lrcn_caption.prototxt -o caption.svg --phase TEST --stage factored\n"
+        "Graphviz's dot (chosen by the -o extension); without dot, SVG comes from a built-in "
+        "layered layout. One node per blob name, as Caffe's draw_net draws; in-place layers in "
+        "green.",
+        "lrcn-draw nets/lrcn_caption.prototxt -o caption.svg --stage factored,2-layer\n"
         "lrcn-draw deploy.prototxt -o deploy.dot --rankdir TB\n"
-        "lrcn-draw deploy.prototxt -o - | dot -Tpng > deploy.png")
+        "lrcn-draw deploy.prototxt -o - | grep -c -- '->'   # DOT on stdout: count the edges\n"
+        "# .png / .pdf need Graphviz's dot: lrcn-draw deploy.prototxt -o deploy.png")
     parser.add_argument("net", metavar="NET", help="net .prototxt file")
     parser.add_argument("-o", "--output", required=True, metavar="FILE",
-                        help="output file: .dot/.gv (DOT text, '-' for stdout), .svg, .png, "
-                        ".pdf (need Graphviz)")
+                        help="output file: .dot/.gv (DOT text, '-' for stdout), .svg (Graphviz "
+                        "when installed, else built in), .png, .pdf (need Graphviz)")
     add_net_options(parser)
     parser.add_argument("--rankdir", type=str.upper, choices=review.RANKDIRS, default="LR",
                         help="direction of the data flow (default LR, as Caffe's draw_net)")
     args = parser.parse_args(argv)
     graphviz_format = review.output_format(args.output)
-    compiled = net_options(args).compile(load_net(args.net, "lrcn-draw"))
+    compiled = compile_net_file(args, "lrcn-draw")
     dot_text = review.net_to_dot(compiled, args.rankdir)
     if args.output == "-":
         sys.stdout.write(dot_text)
     elif graphviz_format == "dot":
         write_atomically(args.output, dot_text)
+    elif graphviz_format == "svg" and not review.graphviz_available():
+        write_atomically(args.output, net_to_svg(compiled, args.rankdir))
     else:
         review.render_with_graphviz(dot_text, graphviz_format, args.output)
     return 0

@@ -30,12 +30,8 @@ class CaffeLog:
         self.csv_path, self.tensorboard_dir = csv_path, tensorboard_dir
         self.csv_file = self.csv_writer = self.board = None
         if tensorboard_dir:
-            try:
-                import tensorboard  # noqa: F401  (checked now: a missing package fails early)
-            except ImportError:
-                from compiler.errors import CompileError
-                raise CompileError("--tensorboard needs the tensorboard package",
-                                   hint="pip install tensorboard") from None
+            from compiler.extras import require
+            require("tensorboard", "--tensorboard")   # checked now: a missing package fails early
 
     def open_outputs(self, append=False):
         """Open the CSV file (appending when a run resumes) and the TensorBoard writer."""
@@ -95,11 +91,6 @@ def _device(gpu, log):
         raise CompileError(f"--gpu expects a device number or 'all', got {gpu!r}") from None
 
 
-def _stages(values):
-    """--stage may repeat and each may hold a comma-separated list (Caffe's spelling)."""
-    return tuple(s for value in values or () for s in value.split(",") if s)
-
-
 # --- lrcn-train ------------------------------------------------------------------------------
 
 def _python_path_argument(parser):
@@ -117,9 +108,11 @@ def _allow_python_paths(directories):
 def _train(argv):
     from compiler.cli import ToolParser
     parser = ToolParser("lrcn-train", "Train a net with a Caffe solver file (like `caffe train`).",
-                        "lrcn-train solvers/caption_solver.prototxt\n"
-                        "lrcn-train --solver=solvers/caption_solver.prototxt --weights=init.caffemodel\n"
-                        "lrcn-train solvers/caption_solver.prototxt --snapshot runs/caption_iter_500.solverstate")
+                        "lrcn-train solvers/caption_solver.prototxt --iterations 20   # runs/caption/*_iter_20.*\n"
+                        "lrcn-train --solver=solvers/caption_solver.prototxt --iterations 20 \\\n"
+                        "    --weights=runs/caption/lrcn_caption_iter_20.caffemodel\n"
+                        "lrcn-train solvers/caption_solver.prototxt --iterations 40 \\\n"
+                        "    --snapshot runs/caption/lrcn_caption_iter_20.solverstate")
     parser.add_argument("solver_file", nargs="?", metavar="SOLVER", help="solver .prototxt")
     parser.add_argument("--solver", help="the solver file (Caffe's spelling)")
     parser.add_argument("--weights", help="initial weights: a.caffemodel[,b.caffemodel] "
@@ -218,6 +211,7 @@ def _rank_device(gpu):
 
 def _train_process(args, solver_file, world=None):
     _allow_python_paths(args.python_path)
+    from compiler.netstate import split_stages
     from compiler.schema import load_file
     from compiler.validate import check_solver
     from runtime.solver import Solver   # imported here so --help stays fast
@@ -230,7 +224,7 @@ def _train_process(args, solver_file, world=None):
                    tensorboard_dir=args.tensorboard if root else None, quiet=not root)
     try:
         device = _device(args.gpu, log) if world is None else world.device
-        solver = Solver(document, stages=_stages(args.stage), device=device, log=log,
+        solver = Solver(document, stages=split_stages(args.stage), device=device, log=log,
                         world=world)
         if args.iterations is not None:
             solver.param.max_iter = args.iterations
@@ -352,7 +346,9 @@ def _net_arguments(parser, default_phase):
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--phase", default=default_phase, choices=["TRAIN", "TEST"],
                         type=str.upper)
-    parser.add_argument("--stage", action="append")
+    parser.add_argument("--stage", action="append", help="net stages (repeatable, or "
+                        "comma-separated); a net that chooses its layers by stage and gets "
+                        "none is refused or noted with the stage sets it defines")
     parser.add_argument("--level", type=int, default=0)
     parser.add_argument("--gpu", help="CUDA device number")
     _python_path_argument(parser)
@@ -364,8 +360,16 @@ def _open_net(args, parser, log):
     path = args.model or args.net
     if not path:
         parser.error("give the net file: NET (or --model=NET)")
-    net = Net(path, weights=args.weights, phase=args.phase, stages=_stages(args.stage),
-              level=args.level)
+    import compiler
+    from compiler.netstate import split_stages, with_stage_choice
+    document = compiler.load_file(path, "net")
+    stages = split_stages(args.stage)
+    net, note = with_stage_choice(
+        lambda: Net(document, weights=args.weights, phase=args.phase, stages=stages,
+                    level=args.level),
+        compiler.upgrade(document.message, document), args.phase, stages, args.level, path)
+    if note:
+        log(f"note: {note}")
     device = _device(args.gpu, log)
     if device is not None:
         net.to(device)
@@ -376,8 +380,9 @@ def _test(argv):
     from compiler.cli import ToolParser
     parser = ToolParser("lrcn-test", "Score a net: mean of every output over N forward passes "
                         "(like `caffe test`).",
-                        "lrcn-test nets/lrcn_caption.prototxt --weights runs/caption_iter_1500.caffemodel "
-                        "--iterations 10 --stage test-on-val")
+                        "lrcn-test nets/lrcn_caption.prototxt --weights "
+                        "runs/caption/lrcn_caption_iter_40.caffemodel \\\n"
+                        "    --iterations 2 --stage factored,2-layer,test-on-val")
     _net_arguments(parser, "TEST")
     args = parser.parse_args(argv)
     log = CaffeLog("caffe.py")
@@ -409,7 +414,7 @@ def test_main(argv=None):
 def _time(argv):
     from compiler.cli import ToolParser
     parser = ToolParser("lrcn-time", "Per-layer forward and backward times (like `caffe time`).",
-                        "lrcn-time nets/lrcn_caption.prototxt --iterations 10")
+                        "lrcn-time nets/lrcn_caption.prototxt --stage factored,2-layer --iterations 2")
     _net_arguments(parser, "TRAIN")
     parser.set_defaults(iterations=50)
     args = parser.parse_args(argv)

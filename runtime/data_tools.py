@@ -26,6 +26,7 @@ from compiler import data_sources
 from compiler.cli import ToolParser, run_tool
 from compiler.errors import CompileError
 from compiler.files import write_bytes_atomically
+from compiler.extras import require
 from lrcn_proto import caffe_pb2
 from runtime.transform import decode_image, read_image
 
@@ -121,7 +122,7 @@ class _LmdbWriter:
     """Puts records in chunks of _COMMIT_EVERY, doubling the map size when LMDB runs out."""
 
     def __init__(self, path):
-        import lmdb
+        lmdb = require("lmdb", "writing an LMDB database")
         self._full = lmdb.MapFullError
         self.map_size = _INITIAL_MAP_SIZE
         self.env = data_sources.open_lmdb(path, write=True, map_size=self.map_size)

@@ -9,14 +9,13 @@ import sys
 
 from compiler.cli import ToolParser, input_shape_argument, run_tool
 from compiler.errors import CompileError
+from compiler.extras import require
+from compiler.netstate import split_stages
 
 
 def _exporter():
-    try:
-        from runtime import onnx_export
-    except ImportError as error:
-        raise CompileError(f"lrcn-export needs the onnx package: {error}",
-                           hint="pip install onnx onnxruntime") from None
+    require("onnx", "lrcn-export")
+    from runtime import onnx_export
     return onnx_export
 
 
@@ -31,8 +30,9 @@ def _parser():
         "state, or with --step take their states as inputs '<layer>.h0'/'<layer>.c0' and "
         "return '<layer>.hT'/'<layer>.cT'.",
         "lrcn-export deploy.prototxt --weights model.caffemodel -o model.onnx --check\n"
-        "lrcn-export lstm_lm.deploy.prototxt --weights lm.caffemodel -o lm_step.onnx --step\n"
-        "lrcn-export train_val.prototxt --phase TEST --input-shape data=1,3,227,227 "
+        "lrcn-export nets/lrcn_caption_deploy.prototxt --stage word,factored,2-layer --step \\\n"
+        "    --weights runs/caption/lrcn_caption_iter_40.caffemodel -o word_step.onnx --check\n"
+        "lrcn-export train.prototxt --phase TEST --input-shape data=1,3,32,32 "
         "-o net.onnx --dynamic-batch")
     parser.add_argument("net", metavar="NET", help="net .prototxt")
     parser.add_argument("--weights", metavar="W", help="weights: a.caffemodel[,b.caffemodel] "
@@ -67,10 +67,6 @@ def _parser():
     return parser
 
 
-def _stages(values):
-    return tuple(s for value in values for s in value.split(",") if s)
-
-
 def _build_net(compiled, weights, seed):
     from runtime.net import Net
     try:
@@ -95,7 +91,7 @@ def _export(argv):
     if document.kind != "net":
         raise CompileError(f"this is a {document.kind} definition, not a net", args.net,
                            hint="export the net file the solver names")
-    state = dict(phase=args.phase, stages=_stages(args.stage), level=args.level)
+    state = dict(phase=args.phase, stages=split_stages(args.stage), level=args.level)
     shapes = dict(args.input_shape)
     deploy = ox.load_deployable(document, input_shapes=shapes, **state)
     for note in deploy.notes:
@@ -117,11 +113,7 @@ def _export(argv):
 
 def _check(model, net, args, dynamic):
     ox = _exporter()
-    try:
-        session = ox.onnx_session(model)
-    except ImportError as error:
-        raise CompileError(f"--check needs onnxruntime: {error}",
-                           hint="pip install onnxruntime") from None
+    session = ox.onnx_session(model)
     steps = 3 if args.step else 1
     runs = [("", net)]
     if dynamic is not None:

@@ -1,11 +1,15 @@
-"""runtime.Net: a compiled Caffe net as a torch.nn.Module with pycaffe's surface.
+"""runtime.Net: a compiled Caffe net as a torch.nn.Module, with pycaffe's blob and param views.
 
-Two ways to drive it:
-- torch-native: `outputs = net(data=tensor, ...)` returns the net's output blobs as a dict of
-  tensors, with the objective (the sum of loss_weight x top over loss tops) as `outputs.loss`,
-  ready for `outputs.loss.backward()` (an attribute, so a blob named "loss" keeps its own value);
-- pycaffe-style: `net.blobs["data"].data[...] = array; net.forward(); net.backward()`, with
-  `net.blobs[name].data / .diff` and `net.params[layer][i].data / .diff` as numpy arrays.
+- `outputs = net(data=tensor, ...)` (nn.Module.__call__ -> forward, so module hooks run)
+  returns the net's output blobs as a dict of tensors, with the objective (the sum of
+  loss_weight x top over loss tops) as `outputs.loss`, ready for `outputs.loss.backward()` (an
+  attribute, so a blob named "loss" keeps its own value). A data layer whose tops are all fed
+  is skipped, so a train net runs on tensors from any loader (and compiles with torch.compile).
+- `net.blobs[name].data / .diff` and `net.params[layer][i].data / .diff` are numpy views in
+  pycaffe's manner; unfed inputs read the buffers `net.blobs[input].data[...] = array` fills.
+- `.train()` / `.eval()`: see runtime.layers.base.CaffeLayer (a net starts in train mode
+  exactly when its phase is TRAIN).
+- `state_dict()` keys are `<layer name>.<blob index>` (`conv1.0`, `conv1.1`), as in .caffemodel.
 
 Layers run in file order over a dict of blobs keyed by the compiler's versioned blob ids; a blob
 version is dropped as soon as its last reader has run (unless it is an output or pycaffe-style
@@ -52,6 +56,25 @@ class Outputs(dict):
     def __init__(self, blobs, loss):
         super().__init__(blobs)
         self.loss = loss
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One layer of Net.run, planned at construction."""
+    layer: object          # its CompiledLayer (errors name it)
+    unit: nn.Module
+    is_input: bool         # an Input layer: its tops are fed (or read from the buffers)
+    is_data: bool          # a data layer: runs unless all its tops are fed
+    bottoms: tuple         # versioned blob ids
+    tops: tuple
+    loss_weights: tuple    # one per top
+    cut: frozenset         # bottom indices that get no gradient
+    releases: tuple        # blob versions no later step reads
+
+
+def _cut_bottoms(step, bottoms):
+    """The bottoms with those that get no gradient (labels, cont) detached."""
+    return [value.detach() if i in step.cut else value for i, value in enumerate(bottoms)]
 
 
 @dataclass
@@ -180,7 +203,12 @@ class Net(nn.Module):
         self._values = {}
         self._last_loss = None
         self._device = torch.device("cpu")
-        self._plan_releases()
+        self._plan_steps()
+        self._state_names = [layer.key for layer in self.compiled.layers]
+        self._register_state_dict_hook(_state_dict_keys_by_layer)
+        self._register_load_state_dict_pre_hook(_load_state_dict_keys_by_layer, with_module=True)
+        self.register_load_state_dict_post_hook(_missing_keys_by_layer)
+        self.train(self.phase == "TRAIN")
         if weights:
             for path in str(weights).split(","):
                 self.copy_from(path)
@@ -286,17 +314,35 @@ class Net(nn.Module):
                 if spec.lr_mult == 0:
                     blob.requires_grad_(False)
 
-    def _plan_releases(self):
-        """For each step, the blob versions no later layer reads: freed to save memory."""
+    def _plan_steps(self):
+        """What run() does per layer, as plain values: it reads no protobuf message or graph
+        while running (torch.compile traces it without graph breaks). Each step also lists the
+        blob versions no later layer reads, freed to save memory."""
         last_reader = {}
-        for step, layer in enumerate(self.compiled.layers):
+        for index, layer in enumerate(self.compiled.layers):
             for bottom in layer.bottoms:
-                last_reader[bottom] = step
+                last_reader[bottom] = index
         keep = set(self.compiled.outputs) | set(self.compiled.latest.values())
-        self._releases = collections.defaultdict(list)
-        for blob, step in last_reader.items():
+        releases = collections.defaultdict(list)
+        for blob, index in last_reader.items():
             if blob not in keep:
-                self._releases[step].append(blob)
+                releases[index].append(blob)
+        self._steps = tuple(
+            _Step(layer=layer, unit=unit, is_input=layer.type == "Input",
+                  is_data=not layer.bottoms and layer.type != "Input",
+                  bottoms=tuple(layer.bottoms), tops=tuple(layer.tops),
+                  loss_weights=tuple(layer.loss_weights),
+                  cut=self._gradient_cuts(layer, unit), releases=tuple(releases[index]))
+            for index, (layer, unit) in enumerate(zip(self.compiled.layers, self.units)))
+        self._output_versions = tuple((name, self.compiled.latest.get(name, name))
+                                      for name in self.compiled.outputs)
+        self._input_names = tuple(self.compiled.inputs)
+
+    @staticmethod
+    def _gradient_cuts(layer, unit):
+        """Bottoms Caffe gives no gradient: the unit's label/index inputs, propagate_down false."""
+        propagate = list(layer.param.propagate_down)
+        return frozenset(unit.no_grad_bottoms) | {i for i, p in enumerate(propagate) if not p}
 
     # --- running ---------------------------------------------------------------------------
 
@@ -310,23 +356,17 @@ class Net(nn.Module):
     def device(self):
         return self._device
 
-    def __call__(self, **tensors):
+    def forward(self, **tensors):
+        """Run every layer once on the given blobs (Input blobs, or the tops of data layers to
+        use instead of reading their sources). Returns Outputs: {output blob: tensor} and
+        `.loss`."""
         return self.run(tensors)
 
-    def forward(self, blobs=None, **inputs):
-        """pycaffe's Net.forward: feed inputs (arrays or tensors), run, return the outputs as
-        numpy arrays. `blobs` names extra blobs to return."""
-        for name, value in inputs.items():
-            self._set_input(name, value)
-        feed = {name: self._input_tensor(name) for name in self.inputs}
-        self.run(feed, keep_all=True, retain_grads=True)
-        names = list(self.outputs) + [b for b in (blobs or []) if b not in self.outputs]
-        return {name: self._blob_data(name) for name in names}
-
     def run(self, tensors=None, keep_all=False, retain_grads=False):
-        """Run every layer once. Returns Outputs: {output blob: tensor} and `.loss`."""
+        """forward() with options for pycaffe-style drivers: `keep_all` keeps every blob
+        version (not only the last of each name), `retain_grads` keeps their diffs."""
         tensors = dict(tensors or {})
-        missing = [name for name in self.inputs if name not in tensors
+        missing = [name for name in self._input_names if name not in tensors
                    and name not in self._input_buffers]
         if missing:
             raise CompileError(f"no value fed for input blob(s) {', '.join(missing)}",
@@ -334,27 +374,26 @@ class Net(nn.Module):
                                     f"net.blobs['{missing[0]}'].data first")
         values = {}
         loss = None
-        for step, (layer, unit) in enumerate(zip(self.compiled.layers, self.units)):
-            if layer.type == "Input":
+        for step in self._steps:
+            if step.is_input or (step.is_data and all(top in tensors for top in step.tops)):
                 tops = tuple(self._as_device_tensor(tensors[top] if top in tensors else
                                                     self._input_tensor(top))
-                             for top in layer.tops)
+                             for top in step.tops)
                 if self.force_backward:
                     tops = tuple(t.detach().requires_grad_(t.is_floating_point())
                                  for t in tops)
             else:
-                bottoms = [values[b] for b in layer.bottoms]
-                bottoms = self._cut_gradients(layer, unit, bottoms)
+                bottoms = _cut_bottoms(step, [values[b] for b in step.bottoms])
                 try:
-                    tops = unit(*bottoms)
+                    tops = step.unit(*bottoms)
                 except (ValueError, RuntimeError) as error:
-                    raise layer_error(layer, error) from None
-                if not layer.bottoms:   # data layers produce CPU tensors
+                    raise layer_error(step.layer, error) from None
+                if step.is_data:   # data layers produce CPU tensors
                     tops = tuple(self._as_device_tensor(t) for t in tops)
                     if self.force_backward:
                         tops = tuple(t.detach().requires_grad_(t.is_floating_point())
                                      for t in tops)
-            for top, value, weight in zip(layer.tops, tops, layer.loss_weights):
+            for top, value, weight in zip(step.tops, tops, step.loss_weights):
                 if retain_grads and value.requires_grad:
                     value.retain_grad()
                 values[top] = value
@@ -362,22 +401,12 @@ class Net(nn.Module):
                     term = weight * value.sum()
                     loss = term if loss is None else loss + term
             if not keep_all:
-                for blob in self._releases.get(step, ()):
+                for blob in step.releases:
                     values.pop(blob, None)
         self._values = values
         self._last_loss = loss
-        return Outputs({name: values[self.compiled.latest.get(name, name)]
-                        for name in self.outputs},
+        return Outputs({name: values[version] for name, version in self._output_versions},
                        loss if loss is not None else torch.zeros((), device=self._device))
-
-    @staticmethod
-    def _cut_gradients(layer, unit, bottoms):
-        """Bottoms Caffe gives no gradient: the unit's label/index inputs, propagate_down false."""
-        propagate = list(layer.param.propagate_down)
-        cut = set(unit.no_grad_bottoms) | {i for i, p in enumerate(propagate) if not p}
-        if not cut:
-            return bottoms
-        return [b.detach() if i in cut else b for i, b in enumerate(bottoms)]
 
     def backward(self):
         """pycaffe's Net.backward: gradients of the last forward's loss; returns input diffs."""
@@ -422,9 +451,9 @@ class Net(nn.Module):
     def run_layer(self, index, bottoms):
         """Run layer `index` alone on `bottoms` (tensors) and return its tops. Bottoms Caffe
         gives no gradient are cut; a data layer's tops come back on the net's device."""
-        layer, unit = self.compiled.layers[index], self.units[index]
-        tops = unit(*self._cut_gradients(layer, unit, list(bottoms)))
-        if not layer.bottoms:
+        step = self._steps[index]
+        tops = step.unit(*_cut_bottoms(step, list(bottoms)))
+        if step.is_data:
             tops = tuple(self._as_device_tensor(t) for t in tops)
         return tops
 
@@ -593,3 +622,45 @@ class Net(nn.Module):
             weight_files.write_bytes_atomically(path, buffer.getvalue())
             return
         weight_files.write_bytes_atomically(path, self.to_proto().SerializeToString())
+
+
+# --- state_dict keys by layer name ------------------------------------------------------------
+# The units live in `units` (a ModuleList, in execution order); state_dict() names their state
+# by layer instead: `units.3.blobs.0` is saved as `conv1.0`, a unit's other state `units.3.x`
+# as `conv1.x`. Loading takes either form.
+
+def _key_by_layer(net, key, prefix=""):
+    units = prefix + "units."
+    if not key.startswith(units):
+        return key
+    index, _, rest = key[len(units):].partition(".")
+    rest = rest[len("blobs."):] if rest.startswith("blobs.") else rest
+    return f"{prefix}{net._state_names[int(index)]}.{rest}"
+
+
+def _state_dict_keys_by_layer(net, state_dict, prefix, local_metadata):
+    for key in list(state_dict):
+        value = state_dict.pop(key)
+        state_dict[_key_by_layer(net, key, prefix)] = value
+
+
+def _missing_keys_by_layer(net, incompatible):
+    incompatible.missing_keys[:] = [_key_by_layer(net, key) for key in incompatible.missing_keys]
+
+
+def _load_state_dict_keys_by_layer(net, state_dict, prefix, local_metadata, strict,
+                                   missing_keys, unexpected_keys, error_msgs):
+    index_of = {name: index for index, name in enumerate(net._state_names)}
+    for key in list(state_dict):
+        if not key.startswith(prefix) or key.startswith(prefix + "units."):
+            continue
+        parts = key[len(prefix):].split(".")
+        # Layer names may hold dots: the longest leading run of parts that names a layer.
+        for cut in range(len(parts) - 1, 0, -1):
+            index = index_of.get(".".join(parts[:cut]))
+            if index is not None:
+                rest = parts[cut:]
+                if len(rest) == 1 and rest[0].isdigit():
+                    rest = ["blobs"] + rest
+                state_dict[f"{prefix}units.{index}.{'.'.join(rest)}"] = state_dict.pop(key)
+                break

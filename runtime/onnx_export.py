@@ -44,6 +44,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import compiler
 from compiler.errors import CompileError
+from compiler.extras import require
 from lrcn_proto import caffe_pb2
 
 DEFAULT_OPSET = 17
@@ -1562,7 +1563,7 @@ def state_pairs(model, net):
 
 
 def onnx_session(model):
-    import onnxruntime
+    onnxruntime = require("onnxruntime", "running an ONNX model")
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     return onnxruntime.InferenceSession(model.SerializeToString(), options,

@@ -170,6 +170,17 @@ def read_image(path, new_height=0, new_width=0, is_color=True, min_height=0, min
     return image
 
 
+def read_for_input(path, transformer, input_shape):
+    """An image file -> (C, H, W) float32 for an Input blob of `input_shape` (C, H, W), as a
+    TEST-phase ImageData layer with `transformer`'s parameters reads it: resized to H x W
+    first unless the transform crops (then the crop decides)."""
+    channels, height, width = input_shape
+    crops = transformer.crop > 0
+    image = read_image(path, 0 if crops else height, 0 if crops else width,
+                       is_color=channels == 3)
+    return transformer(image)
+
+
 # --- the transformer -----------------------------------------------------------------------
 
 def load_mean_file(path, naming_file=None, location=None):

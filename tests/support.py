@@ -57,3 +57,25 @@ def train_in_process(argv):
         except SystemExit as exited:
             status = exited.code
     return status, stderr.getvalue()
+
+
+def decisive_caption_weights(path, stages, deploy="nets/lrcn_caption_deploy.prototxt"):
+    """Filler weights with a sharpened predict layer: well-separated logits, so the argmax of
+    float32 onnxruntime and torch can only agree or differ by a real bug."""
+    import torch
+
+    from lrcn_proto import caffe_pb2
+    from tasks.caption.generate import Captioner
+    model = Captioner(deploy, None, stages=stages)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(7)
+        for net in (model.image_net, model.word_net):
+            for unit in net.units:
+                for blob in unit.blobs:
+                    blob.copy_(torch.randn(blob.shape, generator=generator) * 0.3)
+        model.word_net.layer("predict").blobs[0].mul_(20)
+    message = caffe_pb2.NetParameter()
+    message.layer.extend(list(model.image_net.to_proto().layer)
+                         + list(model.word_net.to_proto().layer))
+    path.write_bytes(message.SerializeToString())
+    return str(path)

@@ -14,6 +14,12 @@ class CaffeLayer(nn.Module):
     Learnable blobs live in `self.blobs` in Caffe order and layout; forward reads them as
     `self.blobs[i]` every call, so the Net can swap in a shared owner's tensor.
     `forward(*bottoms)` returns a tuple with one tensor per top.
+
+    Phase: the compiled phase chose the layers and fixes what data layers read and how they
+    sample (crops, mirrors, clip order). Compute layers whose forward Caffe ties to the phase
+    (Dropout, stochastic Pooling, BatchNorm without use_global_stats) follow torch's train /
+    eval mode instead; runtime.Net starts in train mode exactly when its phase is TRAIN, so
+    Caffe's behaviour holds until `.eval()` / `.train()` change it.
     """
 
     # Indices of bottoms that never receive a gradient (labels, cont markers, indices).
@@ -23,6 +29,7 @@ class CaffeLayer(nn.Module):
         super().__init__()
         self.layer = layer
         self.phase = layer.phase
+        self.training = layer.phase == "TRAIN"
         self.blobs = nn.ParameterList()
         self.rng = rng if rng is not None else torch.Generator().manual_seed(0)
 

@@ -7,6 +7,8 @@ Labels are floats cast to int as static_cast<int> does (truncation toward zero) 
 receive a gradient.
 """
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -70,8 +72,8 @@ def _normalizer(mode, outer, inner, valid_count):
 def _split_at_axis(x, axis, name):
     """(outer, classes, inner) sizes around the class axis, and x viewed that way."""
     axis = canonical_axis(axis, x.dim(), name)
-    outer = int(np.prod(x.shape[:axis], dtype=np.int64))
-    inner = int(np.prod(x.shape[axis + 1:], dtype=np.int64))
+    outer = math.prod(x.shape[:axis])
+    inner = math.prod(x.shape[axis + 1:])
     return outer, x.shape[axis], inner, x.reshape(outer, x.shape[axis], inner)
 
 

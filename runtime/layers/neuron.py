@@ -198,7 +198,7 @@ class Threshold(CaffeLayer):
 @register("Dropout")
 class Dropout(CaffeLayer):
     """Inverted dropout: in TRAIN, y = x * mask / (1 - ratio) with mask ~ Bernoulli(1 - ratio);
-    in TEST, y = x. The phase is the compiled one (Caffe), not module.training.
+    in TEST, y = x. Here TRAIN means train mode (module.training, see CaffeLayer).
 
     Masks come from a generator on the input's device, seeded once at construction from the
     layer's rng, so a run is reproducible for a given solver seed whatever the device.
@@ -231,7 +231,7 @@ class Dropout(CaffeLayer):
             self._generator(torch.device(device)).set_state(generator_state)
 
     def forward(self, x):
-        if self.phase != "TRAIN" or self.ratio == 0:
+        if not self.training or self.ratio == 0:
             return (x,)
         uniform = torch.rand(x.shape, generator=self._generator(x.device), device=x.device,
                              dtype=x.dtype)

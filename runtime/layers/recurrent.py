@@ -112,10 +112,11 @@ class _LSTMScan(torch.autograd.Function):
             dc = dc + dh * o * (1 - tc * tc)
             d = d_gates[t]
             di, df, do, dg = d.split(H, dim=1)
-            torch.mul(dc, g, out=di)
-            torch.mul(dc, cells[t] * ct[t], out=df)     # dc_t/dsigmoid(f) = cont * c_{t-1}
-            torch.mul(dh, tc, out=do)
-            torch.mul(dc, i, out=dg)
+            # In place into the views (not out=, which torch.compile refuses for views).
+            di.copy_(dc).mul_(g)
+            df.copy_(cells[t]).mul_(ct[t]).mul_(dc)      # dc_t/dsigmoid(f) = cont * c_{t-1}
+            do.copy_(dh).mul_(tc)
+            dg.copy_(dc).mul_(i)
             s = gates[t, :, :3 * H]                      # through the activations
             d[:, :3 * H].mul_(s * (1 - s))
             dg.mul_(1 - g * g)

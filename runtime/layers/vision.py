@@ -136,6 +136,8 @@ class Deconvolution(_ConvolutionBase):
 # --------------------------------------------------------------------------- pooling
 
 _PoolMethod = caffe_pb2.PoolingParameter.PoolMethod
+# Looked up once: torch.compile cannot trace protobuf's enum lookups inside forward.
+_MAX, _AVE = _PoolMethod.Value("MAX"), _PoolMethod.Value("AVE")
 
 
 def _pool_pair(pp, name, h_name, w_name):
@@ -191,13 +193,13 @@ class Pooling(CaffeLayer):
             # The output size was fixed by the compiler for this input size.
             raise _layer_error(self.layer, f"input spatial size {tuple(x.shape[2:])} differs "
                                            f"from the compiled {self.in_size}")
-        if self.method == _PoolMethod.Value("MAX"):
+        if self.method == _MAX:
             y, mask = self._max(x)
             y = self._extend(y, _NEG_FLT_MAX)
             return (y,) if mask is None else (y, self._extend(mask, -1))
-        if self.method == _PoolMethod.Value("AVE"):
+        if self.method == _AVE:
             return (self._extend(self._ave(x), 0.0),)
-        if self.phase == "TRAIN":
+        if self.training:   # Caffe: phase TRAIN; here train mode (see CaffeLayer)
             return (self._extend(self._stochastic_train(x), 0.0),)
         return (self._extend(self._stochastic_test(x), 0.0),)
 
@@ -398,7 +400,8 @@ class Embed(CaffeLayer):
         # static_cast<int>: float indices truncate toward zero.
         index = x.detach().to(torch.int64)
         bad = (index < self.PADDING_INDEX) | (index >= self.input_dim)
-        if bool(bad.any()):
+        # The check reads values (a device sync, a graph break): compiled code goes without.
+        if not torch.compiler.is_compiling() and bool(bad.any()):
             value = x[bad].flatten()[0].item()
             raise IndexError(f"layer {self.layer.name!r} (Embed): index {value} is outside "
                              f"[0, {self.input_dim}) (input_dim) and is not the padding "
@@ -425,12 +428,20 @@ class BatchNorm(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         bp = layer.param.batch_norm_param
-        self.use_global_stats = (bp.use_global_stats if bp.HasField("use_global_stats")
-                                 else self.phase == "TEST")
+        # Unset, Caffe uses the running statistics in TEST; here in eval mode (module.training
+        # starts as phase == TRAIN and follows .train() / .eval()).
+        self.global_stats_setting = (bp.use_global_stats if bp.HasField("use_global_stats")
+                                     else None)
         self.maf = bp.moving_average_fraction
         self.eps = bp.eps
         for shape in layer.param_shapes:
             self.add_blob(shape).requires_grad_(False)
+
+    @property
+    def use_global_stats(self):
+        if self.global_stats_setting is None:
+            return not self.training
+        return self.global_stats_setting
 
     def forward(self, x):
         original_shape = x.shape

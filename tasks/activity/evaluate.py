@@ -283,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "probabilities (.npz with video_ids, labels, probabilities[, class_names]),\n"
                     "for RGB, flow and their weighted fusion.",
         epilog="example:\n"
-               f"  {PROG} --rgb runs/rgb_test_probs.npz --flow runs/flow_test_probs.npz \\\n"
-               "      --per-class --json runs/eval.json\n"
+               f"  {PROG} --rgb runs/activity/lrcn_rgb_test_probs.npz \\\n"
+               "      --flow runs/activity/lrcn_flow_test_probs.npz --per-class \\\n"
+               "      --json runs/activity/eval.json\n"
                "With both streams the fusions p = 1/2 and p = 1/3 are reported unless\n"
                "--fusion gives other RGB weights.",
         formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -28,6 +28,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from compiler.extras import require
+
 FLOW_SCALE = 16.0
 FLOW_OFFSET = 128.0
 
@@ -103,7 +105,7 @@ class FarnebackParams:
 
 def to_gray(frame: np.ndarray) -> np.ndarray:
     """RGB (H, W, 3) or gray (H, W) uint8 frame -> gray (H, W) uint8."""
-    import cv2
+    cv2 = require("cv2", "computing optical flow")
 
     frame = np.ascontiguousarray(frame)
     if frame.ndim == 2:
@@ -116,7 +118,7 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
 def compute_flow(frame0: np.ndarray, frame1: np.ndarray,
                  params: FarnebackParams = FarnebackParams()) -> np.ndarray:
     """Farneback optical flow from frame0 to frame1 -> (H, W, 2) float32, (x right, y down)."""
-    import cv2
+    cv2 = require("cv2", "computing optical flow")
 
     gray0, gray1 = to_gray(frame0), to_gray(frame1)
     if gray0.shape != gray1.shape:

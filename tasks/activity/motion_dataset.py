@@ -39,6 +39,8 @@ from typing import Sequence
 
 import numpy as np
 
+from compiler.extras import MissingExtra, require
+
 from tasks.activity.errors import ActivityError
 
 FRAME_SIZE = (32, 32)
@@ -115,7 +117,7 @@ def dataset_specs(num_groups: int = NUM_GROUPS,
 
 def background_texture(rng: np.random.Generator, size: Sequence[int]) -> np.ndarray:
     """Smooth colour blobs plus fine static grain, values about 40..170 (darker than the square)."""
-    import cv2
+    cv2 = require("cv2", "generating the motion dataset")
 
     height, width = size
     coarse = rng.random((6, 6, 3)).astype(np.float32)
@@ -267,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stats = write_dataset(args.out, args.seed, args.groups, args.clips,
                               overwrite=args.overwrite,
                               log=lambda text: print(text, file=sys.stderr))
-    except ActivityError as error:
+    except (ActivityError, MissingExtra) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 1
     low, high = stats["frames_per_video"]

@@ -31,6 +31,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from compiler.extras import MissingExtra
 from tasks.activity.errors import ActivityError
 from tasks.activity.flow import FarnebackParams, video_flow_images
 from tasks.activity.lists import (SplitEntry, VideoListEntry, frame_file_name,
@@ -260,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                f"  {PROG} --videos UCF-101 --split ucfTrainTestlist/trainlist01.txt \\\n"
                "      --split ucfTrainTestlist/testlist01.txt \\\n"
                "      --class-index ucfTrainTestlist/classInd.txt --label-base 1 \\\n"
-               "      --resize 240x320 --jobs 8 --out ucf101",
+               "      --resize 240x320 --jobs 2 --out ucf101",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", required=True, type=Path, metavar="DIR",
                         help="folder the split files' paths are relative to (Class/v_X.avi)")
@@ -343,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         summary = prepare_dataset(options_from_args(args), quiet=args.quiet)
-    except ActivityError as error:
+    except (ActivityError, MissingExtra) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
     except OSError as error:  # disk full, permissions: name the file, skip the traceback

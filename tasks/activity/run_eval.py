@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n"
                f"  {PROG} --net nets/lrcn_activity.prototxt --stage rgb \\\n"
                "      --weights runs/activity/lrcn_rgb_iter_1500.caffemodel \\\n"
-               "      --out runs/activity/lrcn_rgb_test_probs.npz",
+               "      --out runs/activity/lrcn_rgb_test_probs.npz\n"
+               f"  {PROG} --net nets/lrcn_activity.prototxt --stage flow \\\n"
+               "      --weights runs/activity/lrcn_flow_iter_1500.caffemodel \\\n"
+               "      --out runs/activity/lrcn_flow_test_probs.npz",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", required=True, help="net .prototxt with a TEST VideoData layer "
                         "and a 'deploy' stage")

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
+from compiler.extras import require
 from tasks.activity.errors import ActivityError
 
 
@@ -20,7 +21,8 @@ def read_video_frames(path: str | os.PathLike, fps: float | None = None) -> np.n
 
     Any failure of the decoder becomes one ActivityError naming the file.
     """
-    import imageio.v2 as imageio
+    imageio = require("imageio.v2", "reading and writing videos")
+    require("imageio_ffmpeg", "reading and writing videos")
 
     path = str(path)
     if not os.path.isfile(path):
@@ -48,7 +50,8 @@ def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray] | np.ndarr
     crf is x264's constant-quality setting (0 lossless, 51 worst); a single encoder thread
     keeps the output byte-identical from run to run.
     """
-    import imageio.v2 as imageio
+    imageio = require("imageio.v2", "reading and writing videos")
+    require("imageio_ffmpeg", "reading and writing videos")
 
     writer = imageio.get_writer(
         str(path), format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv444p",
@@ -77,7 +80,7 @@ def resize_frame(frame: np.ndarray, size: Sequence[int]) -> np.ndarray:
 
     Area averaging when shrinking (no aliasing), bilinear when enlarging.
     """
-    import cv2
+    cv2 = require("cv2", "resizing video frames")
 
     height, width = size
     if frame.shape[:2] == (height, width):

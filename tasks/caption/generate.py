@@ -91,7 +91,7 @@ examples:
   # the unfactored 1-layer variant, 10 samples per image at inverse temperature 2, the most
   # probable kept
   lrcn-caption --weights one_layer.caffemodel --stage unfactored,1-layer \\
-      --temperature 2 --samples 10 data/caption_shapes/images
+      --temperature 2 --samples 10 data/caption_shapes/images/test_000581.png
 
 inputs: an image file, a folder (its images, sorted by name), a COCO JSON with an "images"
 list (file_name under --image-root, default the JSON's folder; its ids label the output), or
@@ -170,12 +170,8 @@ class Captioner:
 
     def load_image(self, path):
         """An image file -> (C, H, W) float32, as training's ImageData layer would give it."""
-        channels, height, width = self.input_shape
-        crops = self.transformer.crop > 0
         try:
-            image = image_transform.read_image(path, 0 if crops else height,
-                                               0 if crops else width, is_color=channels == 3)
-            return self.transformer(image)
+            return image_transform.read_for_input(path, self.transformer, self.input_shape)
         except CompileError as error:
             raise DataError(describe(error)) from None      # the message names the image
 

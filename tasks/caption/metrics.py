@@ -29,6 +29,7 @@ import numpy as np
 
 from compiler.errors import CompileError
 from compiler.files import write_text_atomically
+from compiler.extras import MissingExtra, require
 from tasks.caption.coco import DataError, load_caption_set, load_results
 from tasks.caption.text import tokenize
 
@@ -45,9 +46,9 @@ examples:
   lrcn-caption-eval --results generated_test.json \\
       --annotations data/caption_shapes/prepared/test_references.json --json scores.json
 
-  # retrieval from a score matrix: scores.npz holds log_p (images x captions) and
-  # caption_image (for each caption, the row of its image)
-  lrcn-caption-eval --scores scores.npz
+  # retrieval from a score matrix (lrcn-caption-retrieval --save-scores writes one): log_p
+  # (images x captions) and caption_image (for each caption, the row of its image)
+  lrcn-caption-eval --scores test_scores.npz
 
 exit status: 0 success, 1 a problem with an input file, 2 bad usage.
 """
@@ -59,9 +60,12 @@ def java_available():
     return shutil.which("java") is not None
 
 
+def _coco_module(name):
+    return require(f"pycocoevalcap.{name}", "scoring captions (BLEU, METEOR, ROUGE-L, CIDEr)")
+
+
 def _ptb_punctuation():
-    from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
-    return frozenset(PUNCTUATIONS)
+    return frozenset(_coco_module("tokenizer.ptbtokenizer").PUNCTUATIONS)
 
 
 def lrcn_tokenize_for_scoring(caption):
@@ -72,7 +76,7 @@ def lrcn_tokenize_for_scoring(caption):
 
 def ptb_tokenize(captions_by_image):
     """{image id: [caption, ...]} -> same with PTB-tokenized strings (runs Java)."""
-    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+    PTBTokenizer = _coco_module("tokenizer.ptbtokenizer").PTBTokenizer
     wrapped = {image_id: [{"caption": caption} for caption in captions]
                for image_id, captions in captions_by_image.items()}
     tokenized = PTBTokenizer().tokenize(wrapped)
@@ -110,9 +114,9 @@ def compute_scores(references, candidates, meteor=True, notes=None):
     [tokenized caption]} over the same ids. Returns {metric name: score in [0, 1] (CIDEr
     can exceed 1)}; METEOR only when ``meteor`` is true and it runs (else a note says why).
     """
-    from pycocoevalcap.bleu.bleu import Bleu
-    from pycocoevalcap.cider.cider import Cider
-    from pycocoevalcap.rouge.rouge import Rouge
+    Bleu = _coco_module("bleu.bleu").Bleu
+    Cider = _coco_module("cider.cider").Cider
+    Rouge = _coco_module("rouge.rouge").Rouge
     notes = [] if notes is None else notes
     scores = {}
     # Bleu prints its n-gram statistics; keep stdout for the table.
@@ -133,7 +137,7 @@ def _meteor_score(references, candidates, notes):
     if not java_available():
         notes.append("METEOR skipped: java not found")
         return None
-    from pycocoevalcap.meteor.meteor import Meteor
+    Meteor = _coco_module("meteor.meteor").Meteor
     try:
         scorer = Meteor()
         try:
@@ -350,7 +354,7 @@ def main(argv=None):
                 write_json(args.json, report)
             except CompileError as error:
                 raise DataError(str(error)) from None
-    except DataError as error:
+    except (DataError, MissingExtra) as error:
         print("%s: error: %s" % (PROGRAM, error), file=sys.stderr)
         return 1
     return 0

@@ -15,6 +15,8 @@ onnxruntime only; tests check that its captions equal lrcn-caption's (tasks.capt
 
 import numpy as np
 
+from compiler.extras import require
+
 EOS_INDEX = 0
 IMAGE_INPUT, FEATURES = "data", "fc8"
 CONT, WORD_INPUT, FEATURE_INPUT = "cont_sentence", "input_sentence", "image_features"
@@ -26,7 +28,7 @@ class OnnxGreedyCaptioner:
     argmax is the same)."""
 
     def __init__(self, image_model, word_model, scores="probs"):
-        import onnxruntime
+        onnxruntime = require("onnxruntime", "captioning with ONNX models")
         options = onnxruntime.SessionOptions()
         providers = ["CPUExecutionProvider"]
         self.image = onnxruntime.InferenceSession(image_model, options, providers=providers)
@@ -47,6 +49,11 @@ class OnnxGreedyCaptioner:
     def greedy(self, features, max_length=50):
         """Net-index captions (EOS excluded), one per row of `features`: LRCN's greedy decoder
         (start from EOS as BOS with cont 0, then feed back the argmax word with cont 1)."""
+        return [tokens for tokens, _ in self.decode(features, max_length)]
+
+    def decode(self, features, max_length=50):
+        """greedy() with, per caption, whether the model ended it (False: cut at max_length
+        tokens, EOS counted as a token as lrcn-caption counts it)."""
         n = len(features)
         states = {name: np.zeros((1, n, shape[-1]), np.float32)
                   for name, shape in self.state_shapes.items()}
@@ -70,4 +77,4 @@ class OnnxGreedyCaptioner:
                 break
             words = chosen.reshape(1, n).astype(np.float32)
             cont = np.ones((1, n), np.float32)
-        return captions
+        return list(zip(captions, finished.tolist()))

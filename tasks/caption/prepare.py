@@ -48,7 +48,7 @@ examples:
       --captions val=data/caption_shapes/captions_val.json \\
       --captions test=data/caption_shapes/captions_test.json \\
       --images data/caption_shapes/images \\
-      --max-words 16 --streams 50 --unaligned --out data/caption_shapes/prepared
+      --max-words 16 --streams 50 --unaligned --out prepared_shapes
 
   # COCO 2014 with LRCN's split id files (val and test are both drawn from val2014)
   lrcn-caption-data \\

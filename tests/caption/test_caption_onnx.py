@@ -1,11 +1,9 @@
 """Greedy captions through onnxruntime (step-wise export) equal lrcn-caption's."""
 
-import numpy as np
 import pytest
-import torch
 
-from lrcn_proto import caffe_pb2
 from runtime import export_cli
+from support import decisive_caption_weights as decisive_weights
 from tasks.caption.generate import Captioner
 from tasks.caption.onnx_decode import OnnxGreedyCaptioner
 
@@ -13,24 +11,6 @@ pytest.importorskip("onnxruntime")
 
 DEPLOY = "nets/lrcn_caption_deploy.prototxt"
 IMAGES = [f"data/caption_shapes/images/test_{i:06d}.png" for i in (581, 582, 583, 584, 585)]
-
-
-def decisive_weights(path, stages):
-    """Filler weights with a sharpened predict layer: well-separated logits, so the argmax of
-    float32 onnxruntime and torch can only agree or differ by a real bug."""
-    model = Captioner(DEPLOY, None, stages=stages)
-    with torch.no_grad():
-        generator = torch.Generator().manual_seed(7)
-        for net in (model.image_net, model.word_net):
-            for unit in net.units:
-                for blob in unit.blobs:
-                    blob.copy_(torch.randn(blob.shape, generator=generator) * 0.3)
-        model.word_net.layer("predict").blobs[0].mul_(20)
-    message = caffe_pb2.NetParameter()
-    message.layer.extend(list(model.image_net.to_proto().layer)
-                         + list(model.word_net.to_proto().layer))
-    path.write_bytes(message.SerializeToString())
-    return str(path)
 
 
 def export(weights, stages, output, *extra):

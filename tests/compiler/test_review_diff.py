@@ -242,12 +242,13 @@ def test_a_side_that_does_not_compile_is_noted(capsys, tmp_path):
     broken = BASE.replace('bottom: "pool1" top: "ip"', 'bottom: "pool9" top: "ip"')
     status, out, _ = run_diff(capsys, tmp_path, BASE, broken, "--phase", "TEST")
     assert status == 1
-    first, note, *rest = out.splitlines()
+    first, note, hint, *rest = out.splitlines()
     assert first.startswith(f"! {tmp_path / 'b.prototxt'}:10:") and \
         first.endswith("layer 'ip' (InnerProduct): bottom 'pool9' is not produced by any "
                        "earlier layer")
     assert note == ("    (does not compile in TEST, so its shapes and parameter counts are not "
                     "compared)")
+    assert hint == "    hint: did you mean 'pool1'?"
     assert rest == ["~ layer ip (InnerProduct)", "    bottom: [pool1] -> [pool9]"]
 
 

@@ -137,11 +137,12 @@ def test_unknown_extension_is_a_user_error(capsys, net_file, tmp_path):
 
 def test_missing_graphviz_is_a_clear_user_error(capsys, net_file, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    status, _, err = run_draw(capsys, net_file, "-o", tmp_path / "net.svg")
+    status, _, err = run_draw(capsys, net_file, "-o", tmp_path / "net.pdf")
     assert status == 1
-    assert err == (f"{tmp_path / 'net.svg'}: Graphviz's dot is not installed; write a .dot "
-                   "file or install graphviz\n")
-    assert not (tmp_path / "net.svg").exists()
+    assert err == (f"{tmp_path / 'net.pdf'}: writing .pdf needs Graphviz's dot, which is not "
+                   "installed: apt-get install graphviz (or brew / conda install graphviz); "
+                   ".svg and .dot work without it\n")
+    assert not (tmp_path / "net.pdf").exists()
 
 
 def test_bad_usage_exits_2(capsys, net_file):

@@ -316,7 +316,7 @@ def test_draw_writes_dot_filtered_by_phase(tmp_path):
     caffe.draw.draw_net_to_file(net, str(tmp_path / "net.dot"))
     assert "acc_Accuracy" in (tmp_path / "net.dot").read_text()
     if shutil.which("dot") is None:
-        with pytest.raises(CompileError, match="Graphviz's dot is not installed"):
+        with pytest.raises(CompileError, match="needs Graphviz's dot, which is not installed"):
             caffe.draw.draw_net_to_file(net, str(tmp_path / "net.png"))
 
 

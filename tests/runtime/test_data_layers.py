@@ -499,9 +499,9 @@ def test_python_data_layer_inside_a_net(python_module, tmp_path):
     # A Python layer with bottoms states its top shapes through input_shapes (the Net learns
     # those of bottomless Python layers by building them).
     net = Net(str(net_file), phase="TEST", input_shapes={"y": (3, 2)})
-    outputs = net.forward()
+    outputs = net()
     assert outputs["y"].shape == (3, 2) and (outputs["y"] == 2).all()
-    assert (net.forward()["y"] == 4).all()
+    assert (net()["y"] == 4).all()
 
 
 def test_hdf5_data_inside_a_net_resolves_beside_the_net_file(tmp_path, two_h5_files,
@@ -515,8 +515,8 @@ def test_hdf5_data_inside_a_net_resolves_beside_the_net_file(tmp_path, two_h5_fi
         'hdf5_data_param { source: "list.txt" batch_size: 4 } }\n')
     monkeypatch.chdir(tmp_path)
     net = Net(str(folder / "net.prototxt"), phase="TRAIN")
-    assert net.forward()["label"].tolist() == [0, 1, 2, 3]
-    assert net.forward()["data"].tolist() == [[4, 40], [5, 50], [6, 60], [7, 70]]
+    assert net()["label"].tolist() == [0, 1, 2, 3]
+    assert net()["data"].tolist() == [[4, 40], [5, 50], [6, 60], [7, 70]]
 
 
 # --- prefetching ---------------------------------------------------------------------------

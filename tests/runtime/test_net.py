@@ -50,7 +50,7 @@ def test_pycaffe_surface(tiny):
     x, y = inputs()
     net.blobs["data"].data[...] = x          # pycaffe's way of feeding
     net.blobs["label"].data[...] = y
-    out = net.forward()
+    out = net()
     assert set(out) == {"acc", "loss"} and out["loss"].shape == ()
     assert net.blobs["conv"].data.min() >= 0      # the ReLU ran in place on "conv"
     assert net.blobs["pool"].data.shape == (4, 5, 3, 3)
@@ -65,20 +65,22 @@ def test_force_backward_gives_input_diffs(tmp_path):
     path.write_text("force_backward: true\n" + TINY)
     net = Net(path, phase="TRAIN", seed=3)
     x, y = inputs()
-    net.forward(data=x, label=y)
+    net(data=x, label=y)
     diffs = net.backward()
     assert np.abs(diffs["data"]).sum() > 0
     assert np.all(diffs["label"] == 0)           # labels never get a gradient
 
 
-def test_torch_native_call_matches_pycaffe_forward(tiny):
+def test_fed_tensors_match_the_pycaffe_buffers(tiny):
     net = Net(tiny, phase="TRAIN", seed=3)
     x, y = inputs()
-    pycaffe = net.forward(data=x, label=y)
+    net.blobs["data"].data[...] = x
+    net.blobs["label"].data[...] = y
+    pycaffe = net()
     native = net(data=torch.from_numpy(x), label=torch.from_numpy(y))
     # The objective is .loss (loss_weight 1 here, so equal to the "loss" blob).
-    assert native.loss.item() == pytest.approx(float(pycaffe["loss"]))
-    assert native["loss"].item() == pytest.approx(float(pycaffe["loss"]))
+    assert native.loss.item() == pytest.approx(pycaffe["loss"].item())
+    assert native["loss"].item() == pytest.approx(pycaffe["loss"].item())
     native.loss.backward()
     assert net.units[1].blobs[0].grad is not None
 

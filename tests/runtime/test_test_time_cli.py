@@ -68,8 +68,8 @@ def messages(log):
 def by_hand(weights, batches):
     """Each batch's outputs from runtime.Net driven pycaffe-style."""
     net = Net("net.prototxt", phase="TEST", weights=weights)
-    return [{name: np.asarray(value, np.float64).reshape(-1)
-             for name, value in net.forward().items()} for _ in range(batches)]
+    return [{name: value.detach().double().numpy().reshape(-1)
+             for name, value in net().items()} for _ in range(batches)]
 
 
 # --- lrcn-test ------------------------------------------------------------------------------
