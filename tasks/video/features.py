@@ -36,8 +36,8 @@ def find_video(root, video):
         for name in sorted(os.listdir(root)):
             if os.path.splitext(name)[0] == video and os.path.isfile(os.path.join(root, name)):
                 return os.path.join(root, name)
-    raise DataError("%s: no video %r (looked for the folder %s/ and files %s.*)"
-                    % (root, video, folder, folder))
+    raise DataError("no video %r in %s (looked for %s/ and %s.*)"
+                    % (video, root, folder, folder))
 
 
 def read_frames(path, every=1):

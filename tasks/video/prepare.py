@@ -135,8 +135,21 @@ def progress(message):
     print("%s: %s" % (PROGRAM, message), file=sys.stderr, flush=True)
 
 
+def locate_videos(args, sentences):
+    """{video id: file or frame folder}, naming the first sentence of a missing video."""
+    paths = {}
+    for split_sentences in sentences.values():
+        for sentence in split_sentences:
+            if sentence.video not in paths:
+                try:
+                    paths[sentence.video] = find_video(args.videos, sentence.video)
+                except DataError as error:
+                    raise DataError("%s: %s" % (sentence.where, error)) from None
+    return paths
+
+
 def compute_features(args, videos):
-    """{video id: (F, D)} for every video, from --features or the feature net."""
+    """{video id: (F, D)} for every video ({id: path}), from --features or the feature net."""
     if args.features:
         features = read_features(args.features)
         missing = [video for video in videos if video not in features]
@@ -149,7 +162,7 @@ def compute_features(args, videos):
     features = {}
     report_every = max(1, len(videos) // 10)
     for index, video in enumerate(videos, start=1):
-        features[video] = net(read_frames(find_video(args.videos, video), args.every))
+        features[video] = net(read_frames(videos[video], args.every))
         if index % report_every == 0 or index == len(videos):
             progress("features of %d/%d videos" % (index, len(videos)))
     return features
@@ -206,7 +219,8 @@ def run(args):
     sentences = {name: read_sentences(path) for name, path in args.splits.items()}
     for split_sentences in sentences.values():
         video_numbers(dict.fromkeys(s.video for s in split_sentences))   # fail early
-    videos = list(dict.fromkeys(s.video for ss in sentences.values() for s in ss))
+    videos = (locate_videos(args, sentences) if args.videos else
+              dict.fromkeys(s.video for ss in sentences.values() for s in ss))
     vocabulary = choose_vocabulary(args, sentences)
     progress("%d videos, %d sentences, vocabulary of %d words (+ EOS)"
              % (len(videos), sum(map(len, sentences.values())), len(vocabulary)))
