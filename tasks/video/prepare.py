@@ -10,6 +10,8 @@ Outputs in --out (written into a temporary folder and moved into place at the en
     s2vt/<split>_vidid_order.txt   video, words, frames, total per stream in stream order
     meanpool/<split>_sentences/    the mean-pool model's sentence streams (T_words x N)
     meanpool/<split>_mean/         its mean_fc7 rows, one per stream
+    recogniser/                    with --tuples: the recogniser's streams and slots.json
+                                   (tasks.video.recogniser)
     summary.json
 
 The stream layouts are tasks.video.streams'. Paths in the list files are --out joined with the
@@ -28,7 +30,7 @@ from tasks.caption import streams as caption_streams
 from tasks.caption.coco import DataError, reference_document
 from tasks.caption.prepare import listed_path, publish_atomically, split_rng
 from tasks.caption.text import Vocabulary, VocabularyError, build_vocabulary, tokenize
-from tasks.video import streams
+from tasks.video import recogniser, streams
 from tasks.video.features import (FrameFeatures, find_video, read_features, read_frames,
                                   write_features)
 from tasks.video.sentences import read_sentences, video_numbers
@@ -73,6 +75,9 @@ def build_parser():
     inputs.add_argument("--videos", metavar="DIR", help="folder of video files / frame folders")
     inputs.add_argument("--features", metavar="H5",
                         help="precomputed features (a features.h5) instead of --videos/--net")
+    inputs.add_argument("--tuples", metavar="FILE",
+                        help="'video<TAB>subject<TAB>action<TAB>object' lines: also write the "
+                             "recogniser's streams (TACoS-style variants)")
     inputs.add_argument("--vocabulary", metavar="FILE",
                         help="use this vocabulary instead of building one from 'train'")
     net = parser.add_argument_group("feature net (with --videos)")
@@ -224,6 +229,7 @@ def run(args):
     vocabulary = choose_vocabulary(args, sentences)
     progress("%d videos, %d sentences, vocabulary of %d words (+ EOS)"
              % (len(videos), sum(map(len, sentences.values())), len(vocabulary)))
+    tuples = recogniser.read_tuples(args.tuples) if args.tuples else None
     features = compute_features(args, videos)
     dims = {values.shape[1] for values in features.values()}
     if len(dims) != 1:
@@ -239,9 +245,22 @@ def run(args):
                    "frames": [int(min(len(v) for v in features.values())),
                               int(max(len(v) for v in features.values()))],
                    "splits": {}}
+        slots = recogniser.slot_labels(tuples) if tuples else None
+        if slots:
+            os.makedirs(os.path.join(work_dir, "recogniser"))
+            with open(os.path.join(work_dir, "recogniser", "slots.json"), "w",
+                      encoding="utf-8") as out:
+                json.dump(slots, out, indent=1)
         for name, split_sentences in sentences.items():
             summary["splits"][name] = write_split(name, split_sentences, features,
                                                   vocabulary, args, work_dir)
+            if slots:
+                folder = os.path.join("recogniser", "%s_batches" % name)
+                os.makedirs(os.path.join(work_dir, folder))
+                summary["splits"][name]["recogniser_steps"] = recogniser.write_recogniser_split(
+                    list(dict.fromkeys(s.video for s in split_sentences)), tuples, slots,
+                    features, args.streams, split_rng(args.seed, name, "recogniser"),
+                    os.path.join(work_dir, folder), listed_path(args.out, folder))
             progress("split %s: %s" % (name, json.dumps(summary["splits"][name])))
         with open(os.path.join(work_dir, "summary.json"), "w", encoding="utf-8") as out:
             json.dump(summary, out, indent=1, sort_keys=True)
