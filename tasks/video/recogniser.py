@@ -111,13 +111,21 @@ class Recogniser:
         self.net.eval()
 
     @torch.no_grad()
-    def __call__(self, frames):
-        """(F, D) -> [probabilities of each slot at the last frame]."""
-        cont = torch.ones(len(frames), 1)
-        cont[0] = 0
+    def __call__(self, videos):
+        """[(F, D) features] -> (N, S) probabilities of each slot at each video's last frame.
+
+        One step per call for all videos at once, right-aligned: the steps before a shorter
+        video's first frame carry cont 0, which resets the LSTM, so its last step is its own."""
+        longest = max(len(frames) for frames in videos)
+        padded = np.zeros((longest, len(videos), videos[0].shape[1]), np.float32)
+        starts = torch.as_tensor([longest - len(frames) for frames in videos])
+        for stream, frames in enumerate(videos):
+            padded[longest - len(frames):, stream] = frames
         self.net.reset_state()
-        outputs = self.net(cont=cont, frame_fc7=torch.as_tensor(frames)[:, None])
-        return [outputs["%s_probs" % slot][-1, 0].double().numpy() for slot in SLOTS]
+        for t in range(longest):
+            outputs = self.net(cont=(t > starts).float()[None],
+                               frame_fc7=torch.as_tensor(padded[t:t + 1]))
+        return [outputs["%s_probs" % slot][0].double().numpy() for slot in SLOTS]
 
 
 def label_vectors(probabilities):
@@ -179,8 +187,10 @@ def run(args):
     recogniser = Recogniser(args.net, args.weights)
     outputs = {name: {} for name in OUTPUTS}
     correct = {slot: [] for slot in SLOTS}
-    for video, frames in features.items():
-        probabilities = recogniser(frames)
+    names = list(features)
+    slot_probs = recogniser([features[video] for video in names])
+    for row, video in enumerate(names):
+        probabilities = [probs[row] for probs in slot_probs]
         for name, vectors in zip(OUTPUTS, label_vectors(probabilities)):
             outputs[name][video] = vectors
         if tuples and video in tuples:
