@@ -322,6 +322,14 @@ def format_output(captioner, items, captions, output_format):
                    for item, caption in zip(items, captions))
 
 
+def write_output(text, path=None):
+    """To the -o file (atomically), or to stdout when there is none."""
+    if path:
+        write_text(path, text)
+    else:
+        sys.stdout.write(text)
+
+
 def write_text(path, text):
     """Write atomically, so that a failure leaves no half file."""
     try:
@@ -452,11 +460,7 @@ def run(args):
     items = collect_images(args.inputs, args.image_root)
     captioner = captioner_from(args)
     captions = generate(captioner, items, args)
-    text = format_output(captioner, items, captions, args.format)
-    if args.output:
-        write_text(args.output, text)
-    else:
-        sys.stdout.write(text)
+    write_output(format_output(captioner, items, captions, args.format), args.output)
 
 
 def main(argv=None):

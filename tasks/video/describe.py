@@ -28,7 +28,7 @@ import torch
 import compiler
 from compiler.errors import CompileError
 from tasks.caption.coco import DataError, load_json
-from tasks.caption.generate import check_positive, device_from, write_text
+from tasks.caption.generate import check_positive, device_from, write_output
 from tasks.caption.text import Vocabulary, VocabularyError
 from tasks.generation import (DEFAULT_MAX_LENGTH, DEFAULT_SEED, StepDecoder, build_step_net,
                               decode_batch, describe, load_weights)
@@ -304,11 +304,7 @@ def run(args):
     except VocabularyError as error:
         raise DataError(str(error)) from None
     captions = generate(describer, videos, video_features(videos, args), args)
-    text = format_output(describer, videos, captions, args.format)
-    if args.output:
-        write_text(args.output, text)
-    else:
-        sys.stdout.write(text)
+    write_output(format_output(describer, videos, captions, args.format), args.output)
 
 
 def main(argv=None):

@@ -189,6 +189,10 @@ def run(args):
     correct = {slot: [] for slot in SLOTS}
     names = list(features)
     slot_probs = recogniser([features[video] for video in names])
+    for slot, probs in zip(SLOTS, slot_probs):
+        if probs.shape[1] != len(slots.get(slot, ())):
+            raise DataError("%s: the recogniser predicts %d %s labels but the slots list %d"
+                            % (args.net, probs.shape[1], slot, len(slots.get(slot, ()))))
     for row, video in enumerate(names):
         probabilities = [probs[row] for probs in slot_probs]
         for name, vectors in zip(OUTPUTS, label_vectors(probabilities)):

@@ -11,9 +11,10 @@ from compiler import parse_text
 from runtime.net import Net
 from tasks.video import prepare
 from tasks.video.features import read_features
+from tasks.video.recogniser import label_vectors
 from tasks.video.streams import s2vt_steps
 
-from helpers import FEATURE_NET, run, write_frame_folders, write_lines
+from helpers import FEATURE_NET, TUPLES, run, write_frame_folders, write_lines
 
 
 def test_one_pair_is_written_as_s2vt_writes_it():
@@ -138,3 +139,54 @@ def test_bad_inputs_get_one_clear_error(tmp_path, capsys, prepared):
     assert run(prepare.main, ["--sentences", "train=" + good, "--videos", str(videos), "--net",
                               FEATURE_NET, "--blob", "pool_frame", "--steps", "0",
                               "--out", "x"]) == 2
+
+
+def test_recogniser_streams_label_each_video_at_its_last_frame(tmp_path, prepared):
+    tuples = write_lines(tmp_path / "tuples.txt", [
+        "vid%d\t%s\t%s\t%s" % (n + 1, t.subject, t.action, t.object)
+        for n, t in enumerate(TUPLES)])
+    out = tmp_path / "with_tuples"
+    sentences = write_lines(tmp_path / "s.txt", [
+        "vid%d\t%s" % (n + 1, t.sentences()[0]) for n, t in enumerate(TUPLES)])
+    assert run(prepare.main, ["--features", str(prepared / "features.h5"), "--sentences",
+                              "train=" + sentences, "--tuples", tuples, "--streams", "2",
+                              "--out", str(out)]) == 0
+    slots = json.loads((out / "recogniser" / "slots.json").read_text())
+    features = read_features(str(prepared / "features.h5"))
+    with h5py.File(out / "recogniser" / "train_batches" / "batch_0.h5", "r") as data:
+        steps = max(len(v) for v in features.values())
+        assert data["cont"].shape == (2 * steps, 2)            # 3 videos + 1 duplicate
+        seen = set()
+        for batch in range(2):
+            for stream in range(2):
+                rows = slice(batch * steps, (batch + 1) * steps)
+                labelled = np.flatnonzero(data["action"][rows, stream] >= 0)
+                assert len(labelled) == 1
+                frames = int(labelled[0]) + 1
+                video = next(v for v, f in features.items()
+                             if len(f) == frames and np.allclose(
+                                 data["frame_fc7"][rows, stream][:frames], f))
+                number = int(video[3:]) - 1
+                assert slots["action"][int(data["action"][rows, stream][frames - 1])] \
+                    == TUPLES[number].action
+                np.testing.assert_array_equal(data["cont"][rows, stream][:frames],
+                                              [0] + [1] * (frames - 1))
+                seen.add(video)
+        assert seen == {"vid1", "vid2", "vid3"}
+
+
+def test_label_vectors_of_the_tacos_variants():
+    sequence, best, probs = label_vectors([np.array([0.1, 0.9]), np.array([0.6, 0.3, 0.1])])
+    np.testing.assert_array_equal(sequence, [[0, 1, 0, 0, 0], [0, 0, 1, 0, 0]])
+    np.testing.assert_array_equal(best, [[0, 1, 1, 0, 0]])
+    np.testing.assert_allclose(probs, [[0.1, 0.9, 0.6, 0.3, 0.1]])
+
+
+def test_bad_tuples_are_named_by_line(tmp_path, capsys, prepared):
+    tuples = write_lines(tmp_path / "tuples.txt", ["vid1\ta\tb\tc", "vid2\tonly two"])
+    sentences = write_lines(tmp_path / "s.txt", ["vid1\ta red square"])
+    assert run(prepare.main, ["--features", str(prepared / "features.h5"), "--sentences",
+                              "train=" + sentences, "--tuples", tuples,
+                              "--out", str(tmp_path / "out")]) == 1
+    assert "tuples.txt:2: expected 'video<TAB>subject<TAB>action<TAB>object'" \
+        in capsys.readouterr().err
