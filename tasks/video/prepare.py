@@ -89,6 +89,8 @@ def build_parser():
     net.add_argument("--every", type=int, default=1, metavar="K",
                      help="use every K-th frame (S2VT: 10; default %(default)s)")
     net.add_argument("--gpu", type=int, metavar="ID", help="run the net on CUDA device ID")
+    inputs.add_argument("--blind", action="store_true",
+                        help="zero every feature: data for the blind baseline (no visual input)")
     layout = parser.add_argument_group("layout")
     layout.add_argument("--streams", type=int, default=DEFAULT_STREAMS, metavar="N",
                         help="parallel streams per batch (default %(default)s)")
@@ -231,6 +233,8 @@ def run(args):
              % (len(videos), sum(map(len, sentences.values())), len(vocabulary)))
     tuples = recogniser.read_tuples(args.tuples) if args.tuples else None
     features = compute_features(args, videos)
+    if args.blind:
+        features = {video: np.zeros_like(values) for video, values in features.items()}
     dims = {values.shape[1] for values in features.values()}
     if len(dims) != 1:
         raise DataError("the videos' features differ in size: %s" % sorted(dims))
