@@ -45,7 +45,7 @@ FRAME_INPUT, STAGE_INPUT, STATIC_INPUT = "frames_fc7", "stage_indicator", "mean_
 EXAMPLES = """\
 examples:
   # S2VT on the bundled test split (features from lrcn-video-data), COCO JSON for evaluation
-  lrcn-describe --weights runs/video/s2vt_iter_1500.caffemodel \\
+  lrcn-describe --weights runs/video/s2vt_iter_3000.caffemodel \\
       --features data/video_actions/prepared/features.h5 \\
       data/video_actions/prepared/test_references.json --format coco -o s2vt_test.json
   lrcn-caption-eval --results s2vt_test.json \\
@@ -53,11 +53,11 @@ examples:
 
   # the mean-pool model, beam search of width 3
   lrcn-describe --net nets/video_meanpool_deploy.prototxt \\
-      --weights runs/video/meanpool_iter_1500.caffemodel --beam 3 \\
+      --weights runs/video/meanpool_iter_3000.caffemodel --beam 3 \\
       --features data/video_actions/prepared/features.h5 vid449 vid450
 
   # video files, features computed on the fly with the net that made the training features
-  lrcn-describe --weights runs/video/s2vt_iter_1500.caffemodel \\
+  lrcn-describe --weights runs/video/s2vt_iter_3000.caffemodel \\
       --feature-net nets/video_frame_features.prototxt --feature-blob pool_frame \\
       data/video_actions/videos/vid449.avi data/video_actions/videos/vid450.avi
 
