@@ -422,7 +422,7 @@ def test_their_net_solvers_and_deploy_net_work_small(tmp_path, monkeypatch, caps
 
 @pytest.mark.slow
 def test_their_net_solvers_and_deploy_net_work_at_their_sizes(tmp_path, monkeypatch, request):
-    # About three minutes and 3 GB on a CPU: only when slow tests are asked for.
+    # 165 s on this 2-core machine: only when slow tests are asked for.
     if "slow" not in (request.config.getoption("markexpr") or ""):
         pytest.skip("the authors' sizes take minutes: run with -m slow")
     train_their_files(tmp_path, monkeypatch, ORIGINAL)
