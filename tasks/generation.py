@@ -210,6 +210,43 @@ def decode_batch(decoder, context, args, generator):
     return decoder.greedy(context, args.max_length)
 
 
+def add_decoding_arguments(parser, item):
+    """The strategy options of a generating command (lrcn-caption, lrcn-describe); `item`
+    names what gets a sentence ("image", "video"). Read by `decode_batch`."""
+    decoding = parser.add_argument_group("decoding (greedy unless --beam or --temperature)")
+    decoding.add_argument("--beam", type=int, metavar="K",
+                          help="beam search of width K (summed log-prob, no length "
+                               "normalisation)")
+    decoding.add_argument("--temperature", type=float, metavar="T",
+                          help="sample words with probability ~ exp(T * logit): T is an "
+                               "INVERSE temperature (large T: near greedy)")
+    decoding.add_argument("--samples", type=int, default=1, metavar="S",
+                          help="with --temperature: draw S captions per %s, keep the most "
+                               "probable (default %%(default)s)" % item)
+    decoding.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                          help="random seed for sampling (default %(default)s)")
+    decoding.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, metavar="L",
+                          help="at most L generated tokens, EOS included (default "
+                               "%(default)s)")
+
+
+def check_decoding_arguments(parser, args):
+    """Usage errors (exit 2) for the options of `add_decoding_arguments`."""
+    if args.beam is not None and args.temperature is not None:
+        parser.error("choose one of --beam and --temperature")
+    if args.beam is not None and args.beam < 1:
+        parser.error("--beam must be at least 1")
+    if args.temperature is not None and not (np.isfinite(args.temperature)
+                                             and args.temperature > 0):
+        parser.error("--temperature must be a positive number")
+    if args.samples < 1:
+        parser.error("--samples must be at least 1")
+    if args.samples > 1 and args.temperature is None:
+        parser.error("--samples needs --temperature")
+    if args.max_length < 1:
+        parser.error("--max-length must be at least 1")
+
+
 def _captions_from_history(history, totals):
     """(N, steps) picked words (EOS after the end) and (N,) totals -> N Captions."""
     captions = []

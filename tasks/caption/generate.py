@@ -40,7 +40,8 @@ from runtime.net import Net
 from tasks.caption.coco import DataError, load_json
 from tasks.caption.text import Vocabulary, VocabularyError
 from tasks.generation import (DEFAULT_MAX_LENGTH, DEFAULT_SEED, Caption,  # noqa: F401
-                              StepDecoder, best_of_samples, build_step_net, decode_batch,
+                              StepDecoder, add_decoding_arguments, best_of_samples,
+                              build_step_net, check_decoding_arguments, decode_batch,
                               describe, load_weights)
 
 PROGRAM = "lrcn-caption"
@@ -405,21 +406,7 @@ def build_parser():
     add_model_arguments(parser)
     parser.add_argument("--blind", action="store_true",
                         help="zero the image features: the blind baseline of the same model")
-    decoding = parser.add_argument_group("decoding (greedy unless --beam or --temperature)")
-    decoding.add_argument("--beam", type=int, metavar="K",
-                          help="beam search of width K (summed log-prob, no length "
-                               "normalisation)")
-    decoding.add_argument("--temperature", type=float, metavar="T",
-                          help="sample words with probability ~ exp(T * logit): T is an "
-                               "INVERSE temperature (large T: near greedy)")
-    decoding.add_argument("--samples", type=int, default=1, metavar="S",
-                          help="with --temperature: draw S captions per image, keep the most "
-                               "probable (default %(default)s)")
-    decoding.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                          help="random seed for sampling (default %(default)s)")
-    decoding.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, metavar="L",
-                          help="at most L generated tokens, EOS included (default "
-                               "%(default)s)")
+    add_decoding_arguments(parser, "image")
     io = parser.add_argument_group("input and output")
     io.add_argument("--image-root", metavar="DIR",
                     help="folder of a COCO JSON's file_name paths (default: the JSON's folder)")
@@ -434,18 +421,8 @@ def build_parser():
 
 
 def check_arguments(parser, args):
-    if args.beam is not None and args.temperature is not None:
-        parser.error("choose one of --beam and --temperature")
-    if args.beam is not None and args.beam < 1:
-        parser.error("--beam must be at least 1")
-    if args.temperature is not None and not (np.isfinite(args.temperature)
-                                             and args.temperature > 0):
-        parser.error("--temperature must be a positive number")
-    if args.samples < 1:
-        parser.error("--samples must be at least 1")
-    if args.samples > 1 and args.temperature is None:
-        parser.error("--samples needs --temperature")
-    check_positive(parser, args, ("max_length", "batch_size"))
+    check_decoding_arguments(parser, args)
+    check_positive(parser, args, ("batch_size",))
 
 
 def check_positive(parser, args, names):

@@ -30,8 +30,8 @@ from compiler.errors import CompileError
 from tasks.caption.coco import DataError, load_json
 from tasks.caption.generate import check_positive, device_from, write_output
 from tasks.caption.text import Vocabulary, VocabularyError
-from tasks.generation import (DEFAULT_MAX_LENGTH, DEFAULT_SEED, StepDecoder, build_step_net,
-                              decode_batch, describe, load_weights)
+from tasks.generation import (StepDecoder, add_decoding_arguments, build_step_net,
+                              check_decoding_arguments, decode_batch, describe, load_weights)
 from tasks.video.features import FrameFeatures, find_video, read_features, read_frames
 from tasks.video.sentences import video_numbers
 
@@ -251,17 +251,7 @@ def build_parser():
     features.add_argument("--feature-stage", action="append", metavar="STAGE")
     features.add_argument("--every", type=int, default=1, metavar="K",
                           help="use every K-th frame (default %(default)s)")
-    decoding = parser.add_argument_group("decoding (greedy unless --beam or --temperature)")
-    decoding.add_argument("--beam", type=int, metavar="K", help="beam search of width K")
-    decoding.add_argument("--temperature", type=float, metavar="T",
-                          help="sample with probability ~ exp(T * logit) (T: an inverse "
-                               "temperature)")
-    decoding.add_argument("--samples", type=int, default=1, metavar="S",
-                          help="with --temperature: draw S per video, keep the most probable")
-    decoding.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    decoding.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, metavar="L",
-                          help="at most L generated tokens, EOS included (default "
-                               "%(default)s)")
+    add_decoding_arguments(parser, "video")
     io = parser.add_argument_group("input and output")
     io.add_argument("--video-root", metavar="DIR",
                     help="folder of a references JSON's videos (default: the JSON's folder)")
@@ -274,14 +264,8 @@ def build_parser():
 
 
 def check_arguments(parser, args):
-    if args.beam is not None and args.temperature is not None:
-        parser.error("choose one of --beam and --temperature")
-    if args.temperature is not None and not (np.isfinite(args.temperature)
-                                             and args.temperature > 0):
-        parser.error("--temperature must be a positive number")
-    if args.samples > 1 and args.temperature is None:
-        parser.error("--samples needs --temperature")
-    check_positive(parser, args, ("beam", "samples", "max_length", "batch_size", "every"))
+    check_decoding_arguments(parser, args)
+    check_positive(parser, args, ("batch_size", "every"))
     if bool(args.features) == bool(args.feature_net):
         parser.error("give one of --features and --feature-net")
     if args.feature_net and not args.feature_blob:
