@@ -67,18 +67,57 @@ class Block:
     footer: list = ()            # comments before `}` / end of file (a list once there is one)
 
 
+class Elements(list):
+    """The elements of `name: [...]` (Scalars and Blocks), and where its `]` stands."""
+    __slots__ = ("end_line", "end_col")
+
+
 @dataclass(slots=True)
 class Field:
-    """`name: scalar`, `name { block }` or `name: [elements]`."""
+    """`name { block }` (kind "message", value a Block) or `name: [elements]` (kind "list",
+    value Elements). `name: scalar` is a ScalarField."""
     name: str
     line: int
     col: int
-    kind: str                    # "scalar", "message" or "list"
-    value: object                # Scalar, Block, or list of Scalar / Block
-    end_line: int = 0
-    end_col: int = 0
+    kind: str
+    value: object
     leading: list = ()           # comments on the lines before (a list once there is one)
     trailing: str = None
+
+    @property
+    def end_line(self):
+        return self.value.close_line if self.kind == "message" else self.value.end_line
+
+    @property
+    def end_col(self):
+        return self.value.close_col if self.kind == "message" else self.value.end_col
+
+
+@dataclass(slots=True)
+class ScalarField:
+    """`name: scalar`. Most fields of a net are scalars, so the field and its value are one
+    object, not a Field holding a Scalar (that cost twice the memory); .value builds the
+    Scalar when asked for."""
+    name: str
+    line: int
+    col: int
+    value_kind: str              # the Scalar's kind
+    literal: object              # the Scalar's text, or its data for a string
+    value_line: int
+    value_col: int
+    end_line: int
+    end_col: int
+    leading: list = ()
+    trailing: str = None
+    kind = "scalar"              # a class attribute, not a slot: the same for every one
+
+    @property
+    def value(self):
+        if self.value_kind == "string":
+            return Scalar("string", "", self.value_line, self.value_col, self.literal,
+                          self.end_line, self.end_col)
+        return Scalar(self.value_kind, self.literal, self.value_line, self.value_col,
+                      end_line=self.end_line, end_col=self.end_col)
 
 
 def _build_parser():
@@ -125,11 +164,14 @@ def parse_syntax(text, filename="<string>"):
     """Text -> the root Block with every comment attached, or a located CompileError."""
     parser = _build_parser()
     comments = _scan(parser, text, filename)
+    _parse_local.memo = {}   # the parser (and its transformer) is shared between threads
     try:
         fields = parser.parse(text)
     except lark.exceptions.UnexpectedInput as error:
         # Only a failed parse needs the token list, to describe what came before the error.
         raise _syntax_error(error, _tokens(parser, text), filename) from None
+    finally:
+        _parse_local.memo = None
     root = Block(fields=fields, close_line=text.count("\n") + 2)
     _attach_comments(root, comments)
     return root
@@ -291,6 +333,18 @@ def _token_index(tokens, token):
 
 # --- Lark rules -> Field / Block ---------------------------------------------------------------
 
+_parse_local = threading.local()
+
+
+def _shared(value):
+    """One object per distinct short value within a parse: "x", "ReLU", 0.5 repeat thousands
+    of times in a big net. Long values are left alone (rarely repeated, costly to hash)."""
+    memo = getattr(_parse_local, "memo", None)
+    if memo is None or len(value) > 64:
+        return value
+    return memo.setdefault(value, value)
+
+
 def _name(token):
     # Field names repeat thousands of times in a big net; one shared string each.
     return sys.intern(str(token))
@@ -304,18 +358,19 @@ class _TreeBuilder(lark.Transformer):
 
     def scalar_field(self, children):
         name_token, scalar = children
-        return Field(_name(name_token), name_token.line, name_token.column, "scalar", scalar,
-                     end_line=scalar.end_line, end_col=scalar.end_col)
+        literal = scalar.data if scalar.kind == "string" else scalar.text
+        return ScalarField(_name(name_token), name_token.line, name_token.column, scalar.kind,
+                           literal, scalar.line, scalar.col, scalar.end_line, scalar.end_col)
 
     def message_field(self, children):
         name_token, block = children
-        return Field(_name(name_token), name_token.line, name_token.column, "message", block,
-                     end_line=block.close_line, end_col=block.close_col)
+        return Field(_name(name_token), name_token.line, name_token.column, "message", block)
 
     def list_field(self, children):
         name_token, opener, *elements, closer = children
-        return Field(_name(name_token), name_token.line, name_token.column, "list", elements,
-                     end_line=closer.line, end_col=closer.column)
+        elements = Elements(elements)
+        elements.end_line, elements.end_col = closer.line, closer.column
+        return Field(_name(name_token), name_token.line, name_token.column, "list", elements)
 
     def message(self, children):
         opener, *fields, closer = children
@@ -324,7 +379,7 @@ class _TreeBuilder(lark.Transformer):
 
     def string(self, tokens):
         first, last = tokens[0], tokens[-1]
-        data = b"".join(unescape(str(token)[1:-1], token) for token in tokens)
+        data = _shared(b"".join(unescape(str(token)[1:-1], token) for token in tokens))
         return Scalar("string", "", first.line, first.column, data,
                       end_line=last.line, end_col=last.column)
 
@@ -337,7 +392,8 @@ class _TreeBuilder(lark.Transformer):
     @staticmethod
     def _plain(kind, tokens):
         first, last = tokens[0], tokens[-1]
-        return Scalar(kind, "".join(str(token) for token in tokens), first.line, first.column,
+        return Scalar(kind, _shared("".join(str(token) for token in tokens)), first.line,
+                      first.column,
                       end_line=last.line, end_col=last.column)
 
 
