@@ -153,6 +153,7 @@ def load_file(path, kind=None):
     except OSError as error:
         raise CompileError(f"cannot read file: {error.strerror}", str(path)) from None
     text = textformat.decode_source(data, str(path))
+    del data    # the bytes are not needed once decoded: a copy of the file less while parsing
     return load_text(text, kind, str(path))
 
 

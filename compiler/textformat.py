@@ -546,10 +546,10 @@ def _attach_one(root, comment, before, after):
 def _add_comment(target, attribute, text):
     # Most fields have no comment: the empty tuple they start with costs nothing per field.
     comments = getattr(target, attribute)
-    if not comments:
-        comments = []
-        setattr(target, attribute, comments)
-    comments.append(text)
+    if comments:
+        comments.append(text)
+    else:
+        setattr(target, attribute, [text])    # sized for one: most places have one comment
 
 
 def _anchors(block):
