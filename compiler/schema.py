@@ -86,8 +86,10 @@ class Document:
         block, descriptor, i = self.syntax, self.message.DESCRIPTOR, 0
         while i < len(path):
             name = path[i]
-            field = descriptor.fields_by_name.get(name) if isinstance(name, str) else None
-            if field is None or block is None:
+            if block is None or not isinstance(name, str):
+                break       # below a scalar, or an index where a name belongs
+            field = descriptor.fields_by_name.get(name)
+            if field is None:
                 break
             index = 0
             if field.is_repeated:
