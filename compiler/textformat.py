@@ -97,7 +97,8 @@ class Field:
 class ScalarField:
     """`name: scalar`. Most fields of a net are scalars, so the field and its value are one
     object, not a Field holding a Scalar (that cost twice the memory); .value builds the
-    Scalar when asked for."""
+    Scalar when asked for. A value of one token ends where it starts; one of several tokens
+    (-5, "a" "b") is a SpannedScalarField."""
     name: str
     line: int
     col: int
@@ -105,11 +106,17 @@ class ScalarField:
     literal: object              # the Scalar's text, or its data for a string
     value_line: int
     value_col: int
-    end_line: int
-    end_col: int
     leading: list = ()
     trailing: str = None
     kind = "scalar"              # a class attribute, not a slot: the same for every one
+
+    @property
+    def end_line(self):
+        return self.value_line
+
+    @property
+    def end_col(self):
+        return self.value_col
 
     @property
     def value(self):
@@ -118,6 +125,13 @@ class ScalarField:
                           self.end_line, self.end_col)
         return Scalar(self.value_kind, self.literal, self.value_line, self.value_col,
                       end_line=self.end_line, end_col=self.end_col)
+
+
+@dataclass(slots=True)
+class SpannedScalarField(ScalarField):
+    """A ScalarField whose value is several tokens: where the last one starts."""
+    end_line: int = 0
+    end_col: int = 0
 
 
 def _build_parser():
@@ -359,8 +373,12 @@ class _TreeBuilder(lark.Transformer):
     def scalar_field(self, children):
         name_token, scalar = children
         literal = scalar.data if scalar.kind == "string" else scalar.text
-        return ScalarField(_name(name_token), name_token.line, name_token.column, scalar.kind,
-                           literal, scalar.line, scalar.col, scalar.end_line, scalar.end_col)
+        if (scalar.end_line, scalar.end_col) == (scalar.line, scalar.col):
+            return ScalarField(_name(name_token), name_token.line, name_token.column,
+                               scalar.kind, literal, scalar.line, scalar.col)
+        return SpannedScalarField(_name(name_token), name_token.line, name_token.column,
+                                  scalar.kind, literal, scalar.line, scalar.col,
+                                  end_line=scalar.end_line, end_col=scalar.end_col)
 
     def message_field(self, children):
         name_token, block = children
