@@ -328,14 +328,17 @@ class _NetLoader:
         return net, net, self._inline_document(net, field_path)
 
     def _inline_document(self, net, field_path):
-        # The inline net's fields keep their positions in the solver file, re-rooted so that
-        # ("layer", 3) finds them as it would in a net file of their own.
+        # The inline net's fields keep their positions in the solver file, re-rooted at its
+        # block so that ("layer", 3) finds them as it would in a net file of their own.
         if self.document is None:
             return None
-        depth = len(field_path)
-        positions = {path[depth:]: where for path, where in self.document.positions.items()
-                     if path[:depth] == field_path and len(path) > depth}
-        return Document(net, "net", self.solver_file, positions)
+        if self.document.syntax is None:
+            depth = len(field_path)
+            positions = {path[depth:]: where for path, where in self.document.positions.items()
+                         if path[:depth] == field_path and len(path) > depth}
+            return Document(net, "net", self.solver_file, positions)
+        block = self.document.written(field_path)[1]
+        return Document(net, "net", self.solver_file, syntax=block)
 
 
 def _train_net(solver, loader):

@@ -50,24 +50,82 @@ _FALSE = {"false", "False", "f", "0"}
 class Document:
     """A parsed file: the message, what kind it is, and where each field was written.
 
-    positions maps a field path such as ("layer", 3, "bottom", 1) to the syntax-tree item
-    written there (anything with .line and .col: keeping the item costs less than a copy).
+    The positions come from the syntax tree (syntax, the textformat.Block the message came
+    from), walked along a field path such as ("layer", 3, "bottom", 1) when an error needs one:
+    a dict from every field path to its place cost more memory than the tree itself. A
+    document built by hand may give positions instead, the same map written out.
     """
     message: object
     kind: str
     filename: str
     positions: dict = dataclass_field(default_factory=dict)
-    syntax: object = None     # the textformat.Block the message came from
+    syntax: object = None
+    # (id of a Block, field name) -> the items written under that name in that block, an item
+    # once per element it holds ("layer", 3) is then one lookup, not a scan of the net (the
+    # compiler locates every layer). Built when first asked for.
+    _written: dict = dataclass_field(default_factory=dict, repr=False, compare=False)
 
     def locate(self, path):
         """(line, col) of the field at `path`, else of its nearest written ancestor."""
         path = tuple(path)
+        if self.syntax is not None:
+            item = self.written(path, exact=False)[0]
+            return (item.line, item.col) if item is not None else (None, None)
         while path:
             if path in self.positions:
                 where = self.positions[path]
                 return (where.line, where.col)
             path = path[:-1]
         return (None, None)
+
+    def written(self, path, exact=True):
+        """(item, value) of the syntax tree written at `path`: the Field and its Scalar or
+        Block (one element of a [list]). With exact=False, those of the nearest written
+        ancestor when `path` itself was not written; (None, None) when nothing was."""
+        found = (None, None)
+        block, descriptor, i = self.syntax, self.message.DESCRIPTOR, 0
+        while i < len(path):
+            name = path[i]
+            if block is None or not isinstance(name, str):
+                break       # below a scalar, or an index where a name belongs
+            field = descriptor.fields_by_name.get(name)
+            if field is None:
+                break
+            index = 0
+            if field.is_repeated:
+                if i + 1 >= len(path) or isinstance(path[i + 1], str):
+                    break
+                index = path[i + 1]
+            i += 2 if field.is_repeated else 1
+            items = self._items_named(block, name)
+            if not 0 <= index < len(items):
+                break
+            item = items[index]
+            if item.kind == "list":
+                # The same item stands once per element: count back to this element's place.
+                first = index
+                while first > 0 and items[first - 1] is item:
+                    first -= 1
+                value = item.value[index - first]
+            else:
+                value = item.value
+            found = (item, value)
+            block = value if isinstance(value, textformat.Block) else None
+            descriptor = field.message_type
+        else:
+            return found
+        return (None, None) if exact else found
+
+    def _items_named(self, block, name):
+        key = (id(block), name)
+        items = self._written.get(key)
+        if items is None:
+            items = []
+            for item in block.fields:
+                if item.name == name:
+                    items.extend([item] * (len(item.value) if item.kind == "list" else 1))
+            self._written[key] = items
+        return items
 
     def error(self, message, path, hint=None):
         line, col = self.locate(path)
@@ -85,9 +143,8 @@ def load_text(text, kind=None, filename="<string>"):
     if kind not in MESSAGE_TYPES:
         raise CompileError(f"unknown kind {kind!r}; expected 'net' or 'solver'", filename)
     message = MESSAGE_TYPES[kind]()
-    positions = {}
-    _fill_message(message, root, (), positions, filename)
-    return Document(message, kind, filename, positions, root)
+    _fill_message(message, root, filename)
+    return Document(message, kind, filename, syntax=root)
 
 
 def load_file(path, kind=None):
@@ -98,6 +155,7 @@ def load_file(path, kind=None):
     except OSError as error:
         raise CompileError(f"cannot read file: {error.strerror}", str(path)) from None
     text = textformat.decode_source(data, str(path))
+    del data    # the bytes are not needed once decoded: a copy of the file less while parsing
     return load_text(text, kind, str(path))
 
 
@@ -125,10 +183,9 @@ def guess_kind(root):
 
 # --- filling a message ------------------------------------------------------------------------
 
-def _fill_message(message, block, path, positions, filename):
+def _fill_message(message, block, filename):
     descriptor = message.DESCRIPTOR
     first_seen = {}
-    repeat_count = {}
     for item in block.fields:
         field = descriptor.fields_by_name.get(item.name)
         if field is None:
@@ -148,17 +205,10 @@ def _fill_message(message, block, path, positions, filename):
                                f"write one `{item.name}: value`")
         values = item.value if item.kind == "list" else [item.value]
         for value in values:
-            if repeated:
-                index = repeat_count.get(item.name, 0)
-                repeat_count[item.name] = index + 1
-                field_path = path + (item.name, index)
-            else:
-                field_path = path + (item.name,)
-            positions[field_path] = item
-            _set_value(message, field, value, item, field_path, positions, filename)
+            _set_value(message, field, value, item, filename)
 
 
-def _set_value(message, field, value, item, field_path, positions, filename):
+def _set_value(message, field, value, item, filename):
     repeated = field.is_repeated
     if field.type == FD.TYPE_MESSAGE:
         if not isinstance(value, textformat.Block):
@@ -167,7 +217,7 @@ def _set_value(message, field, value, item, field_path, positions, filename):
                                f"write `{field.name} {{ ... }}`")
         sub = getattr(message, field.name).add() if repeated else getattr(message, field.name)
         sub.SetInParent()
-        _fill_message(sub, value, field_path, positions, filename)
+        _fill_message(sub, value, filename)
         return
     if isinstance(value, textformat.Block):
         raise CompileError(f"'{field.name}' takes {_describe_field_type(field)}, not a message "

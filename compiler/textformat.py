@@ -67,18 +67,71 @@ class Block:
     footer: list = ()            # comments before `}` / end of file (a list once there is one)
 
 
+class Elements(list):
+    """The elements of `name: [...]` (Scalars and Blocks), and where its `]` stands."""
+    __slots__ = ("end_line", "end_col")
+
+
 @dataclass(slots=True)
 class Field:
-    """`name: scalar`, `name { block }` or `name: [elements]`."""
+    """`name { block }` (kind "message", value a Block) or `name: [elements]` (kind "list",
+    value Elements). `name: scalar` is a ScalarField."""
     name: str
     line: int
     col: int
-    kind: str                    # "scalar", "message" or "list"
-    value: object                # Scalar, Block, or list of Scalar / Block
-    end_line: int = 0
-    end_col: int = 0
+    kind: str
+    value: object
     leading: list = ()           # comments on the lines before (a list once there is one)
     trailing: str = None
+
+    @property
+    def end_line(self):
+        return self.value.close_line if self.kind == "message" else self.value.end_line
+
+    @property
+    def end_col(self):
+        return self.value.close_col if self.kind == "message" else self.value.end_col
+
+
+@dataclass(slots=True)
+class ScalarField:
+    """`name: scalar`. Most fields of a net are scalars, so the field and its value are one
+    object, not a Field holding a Scalar (that cost twice the memory); .value builds the
+    Scalar when asked for. A value of one token ends where it starts; one of several tokens
+    (-5, "a" "b") is a SpannedScalarField."""
+    name: str
+    line: int
+    col: int
+    value_kind: str              # the Scalar's kind
+    literal: object              # the Scalar's text, or its data for a string
+    value_line: int
+    value_col: int
+    leading: list = ()
+    trailing: str = None
+    kind = "scalar"              # a class attribute, not a slot: the same for every one
+
+    @property
+    def end_line(self):
+        return self.value_line
+
+    @property
+    def end_col(self):
+        return self.value_col
+
+    @property
+    def value(self):
+        if self.value_kind == "string":
+            return Scalar("string", "", self.value_line, self.value_col, self.literal,
+                          self.end_line, self.end_col)
+        return Scalar(self.value_kind, self.literal, self.value_line, self.value_col,
+                      end_line=self.end_line, end_col=self.end_col)
+
+
+@dataclass(slots=True)
+class SpannedScalarField(ScalarField):
+    """A ScalarField whose value is several tokens: where the last one starts."""
+    end_line: int = 0
+    end_col: int = 0
 
 
 def _build_parser():
@@ -125,11 +178,14 @@ def parse_syntax(text, filename="<string>"):
     """Text -> the root Block with every comment attached, or a located CompileError."""
     parser = _build_parser()
     comments = _scan(parser, text, filename)
+    _parse_local.memo = {}   # the parser (and its transformer) is shared between threads
     try:
         fields = parser.parse(text)
     except lark.exceptions.UnexpectedInput as error:
         # Only a failed parse needs the token list, to describe what came before the error.
         raise _syntax_error(error, _tokens(parser, text), filename) from None
+    finally:
+        _parse_local.memo = None
     root = Block(fields=fields, close_line=text.count("\n") + 2)
     _attach_comments(root, comments)
     return root
@@ -153,7 +209,8 @@ def _scan(parser, text, filename):
     comments, brackets, previous = [], _BracketStack(filename, text), None
     for token in _lex(parser, text, filename):
         if token.type == "COMMENT":
-            comments.append(token)
+            # Three plain values, not the Token: a Token object costs several times more.
+            comments.append((token.line, token.column, str(token).rstrip()))
             continue
         _check_glued_values(previous, token, filename)
         brackets.feed(token)
@@ -290,6 +347,18 @@ def _token_index(tokens, token):
 
 # --- Lark rules -> Field / Block ---------------------------------------------------------------
 
+_parse_local = threading.local()
+
+
+def _shared(value):
+    """One object per distinct short value within a parse: "x", "ReLU", 0.5 repeat thousands
+    of times in a big net. Long values are left alone (rarely repeated, costly to hash)."""
+    memo = getattr(_parse_local, "memo", None)
+    if memo is None or len(value) > 64:
+        return value
+    return memo.setdefault(value, value)
+
+
 def _name(token):
     # Field names repeat thousands of times in a big net; one shared string each.
     return sys.intern(str(token))
@@ -303,18 +372,23 @@ class _TreeBuilder(lark.Transformer):
 
     def scalar_field(self, children):
         name_token, scalar = children
-        return Field(_name(name_token), name_token.line, name_token.column, "scalar", scalar,
-                     end_line=scalar.end_line, end_col=scalar.end_col)
+        literal = scalar.data if scalar.kind == "string" else scalar.text
+        if (scalar.end_line, scalar.end_col) == (scalar.line, scalar.col):
+            return ScalarField(_name(name_token), name_token.line, name_token.column,
+                               scalar.kind, literal, scalar.line, scalar.col)
+        return SpannedScalarField(_name(name_token), name_token.line, name_token.column,
+                                  scalar.kind, literal, scalar.line, scalar.col,
+                                  end_line=scalar.end_line, end_col=scalar.end_col)
 
     def message_field(self, children):
         name_token, block = children
-        return Field(_name(name_token), name_token.line, name_token.column, "message", block,
-                     end_line=block.close_line, end_col=block.close_col)
+        return Field(_name(name_token), name_token.line, name_token.column, "message", block)
 
     def list_field(self, children):
         name_token, opener, *elements, closer = children
-        return Field(_name(name_token), name_token.line, name_token.column, "list", elements,
-                     end_line=closer.line, end_col=closer.column)
+        elements = Elements(elements)
+        elements.end_line, elements.end_col = closer.line, closer.column
+        return Field(_name(name_token), name_token.line, name_token.column, "list", elements)
 
     def message(self, children):
         opener, *fields, closer = children
@@ -323,7 +397,7 @@ class _TreeBuilder(lark.Transformer):
 
     def string(self, tokens):
         first, last = tokens[0], tokens[-1]
-        data = b"".join(unescape(str(token)[1:-1], token) for token in tokens)
+        data = _shared(b"".join(unescape(str(token)[1:-1], token) for token in tokens))
         return Scalar("string", "", first.line, first.column, data,
                       end_line=last.line, end_col=last.column)
 
@@ -336,7 +410,8 @@ class _TreeBuilder(lark.Transformer):
     @staticmethod
     def _plain(kind, tokens):
         first, last = tokens[0], tokens[-1]
-        return Scalar(kind, "".join(str(token) for token in tokens), first.line, first.column,
+        return Scalar(kind, _shared("".join(str(token) for token in tokens)), first.line,
+                      first.column,
                       end_line=last.line, end_col=last.column)
 
 
@@ -438,68 +513,78 @@ def _attach_comments(root, comments):
 
     A comment on the same line after a value (or after `{` / `}`) trails that line; any other
     comment leads the next field in the same block, or closes the block when none follows.
+
+    comments are (line, col, text) in file order. The anchors (the places a comment can attach
+    to) come from a generator in document order, which is also (line, col) order, and are merged
+    with the comments in one pass: no list of every anchor is built (that list cost about 30
+    bytes per byte of a file of small layers). A comment goes to the first anchor at or after
+    it ("after") and looks at the anchor just before it ("before").
     """
     if not comments:
         return
-    anchors = []   # (line, col, order, kind, target): kinds start / open / end
-    _collect_anchors(root, anchors)
-    anchors.sort(key=lambda a: (a[0], a[1], a[2]))
-    keys = [(a[0], a[1]) for a in anchors]
-    for comment in comments:
-        text = str(comment).rstrip()
-        position = (comment.line, comment.column)
-        index = bisect.bisect_left(keys, position)
-        before = anchors[index - 1] if index > 0 else None
-        if before is not None and before[0] == comment.line and before[3] in ("end", "open"):
-            target = before[4]
-            if before[3] == "open":
-                if target.open_comment is None:
-                    target.open_comment = text
-                    continue
-                _add_comment(target, "footer", text)
-            elif target.trailing is None:
-                target.trailing = text
-                continue
-            else:
-                _add_comment(target, "leading", text)   # a second trailing comment is kept
-            continue
-        after = anchors[index] if index < len(anchors) else None
-        if after is None:
-            _add_comment(root, "footer", text)
-        elif after[3] == "start":
-            _add_comment(after[4], "leading", text)
-        elif after[3] == "close":
-            _add_comment(after[4], "footer", text)
-        else:   # the end of a list whose elements span lines
-            _add_comment(after[4], "leading", text)
+    pending = iter(comments)
+    comment = next(pending, None)
+    before = None
+    for after in _anchors(root):
+        while comment is not None and (comment[0], comment[1]) <= (after[0], after[1]):
+            _attach_one(root, comment, before, after)
+            comment = next(pending, None)
+        if comment is None:
+            return
+        before = after
+    while comment is not None:
+        _attach_one(root, comment, before, None)
+        comment = next(pending, None)
+
+
+def _attach_one(root, comment, before, after):
+    line, _, text = comment
+    if before is not None and before[0] == line and before[2] in ("end", "open"):
+        target = before[3]
+        if before[2] == "open":
+            if target.open_comment is None:
+                target.open_comment = text
+                return
+            _add_comment(target, "footer", text)
+        elif target.trailing is None:
+            target.trailing = text
+        else:
+            _add_comment(target, "leading", text)   # a second trailing comment is kept
+        return
+    if after is None:
+        _add_comment(root, "footer", text)
+    elif after[2] == "start":
+        _add_comment(after[3], "leading", text)
+    elif after[2] == "close":
+        _add_comment(after[3], "footer", text)
+    else:   # the end of a list whose elements span lines
+        _add_comment(after[3], "leading", text)
 
 
 def _add_comment(target, attribute, text):
     # Most fields have no comment: the empty tuple they start with costs nothing per field.
     comments = getattr(target, attribute)
-    if not comments:
-        comments = []
-        setattr(target, attribute, comments)
-    comments.append(text)
+    if comments:
+        comments.append(text)
+    else:
+        setattr(target, attribute, [text])    # sized for one: most places have one comment
 
 
-def _collect_anchors(block, anchors):
-    """Every position a comment can attach to, in document order; the order index breaks ties
-    between anchors at the same (line, col)."""
-    def add(line, col, kind, target):
-        anchors.append((line, col, len(anchors), kind, target))
-
+def _anchors(block):
+    """Every position a comment can attach to, as (line, col, kind, target) in document order;
+    kinds are start / open / close / end. The source is read left to right, so document order
+    is (line, col) order, anchors at the same place keeping this order."""
     for item in block.fields:
-        add(item.line, item.col, "start", item)
+        yield (item.line, item.col, "start", item)
         if item.kind == "message":
             inner = item.value
-            add(inner.open_line, inner.open_col, "open", inner)
-            _collect_anchors(inner, anchors)
-            add(inner.close_line, inner.close_col, "close", inner)
-            add(inner.close_line, inner.close_col + 1, "end", item)
+            yield (inner.open_line, inner.open_col, "open", inner)
+            yield from _anchors(inner)
+            yield (inner.close_line, inner.close_col, "close", inner)
+            yield (inner.close_line, inner.close_col + 1, "end", item)
         else:
             if item.kind == "list":
                 for element in item.value:
                     if isinstance(element, Block):
-                        _collect_anchors(element, anchors)
-            add(item.end_line, item.end_col, "end", item)
+                        yield from _anchors(element)
+            yield (item.end_line, item.end_col, "end", item)

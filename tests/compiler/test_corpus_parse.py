@@ -59,3 +59,40 @@ def test_format_keeps_every_comment(corpus_dir):
         formatted = format_document(load_file(path))
         for comment in original:
             assert comment in formatted, (path, comment)
+
+
+def _written_paths(block, descriptor, path, out):
+    """Every field path written in `block` -> (line, col) of its field, numbered as Caffe's
+    repeated fields are: the map Document kept before positions came from the tree."""
+    counts = {}
+    for item in block.fields:
+        field = descriptor.fields_by_name[item.name]
+        for value in (item.value if item.kind == "list" else [item.value]):
+            if field.is_repeated:
+                index = counts.get(item.name, 0)
+                counts[item.name] = index + 1
+                here = path + (item.name, index)
+            else:
+                here = path + (item.name,)
+            out[here] = (item.line, item.col)
+            if field.type == field.TYPE_MESSAGE:
+                _written_paths(value, field.message_type, here, out)
+    return out
+
+
+def test_every_written_field_is_located_where_it_was_written(corpus_dir):
+    for path in corpus_files(corpus_dir):
+        document = load_file(path)
+        written = _written_paths(document.syntax, document.message.DESCRIPTOR, (), {})
+        assert written, path
+        for field_path, where in written.items():
+            assert document.locate(field_path) == where, (path, field_path)
+            # A path below a written field that was not written: its nearest written ancestor.
+            assert document.locate(field_path + ("no_such_field",)) == where
+            assert document.locate(field_path + (10 ** 6,)) == where
+            if isinstance(field_path[-1], int):
+                beyond = field_path[:-1] + (field_path[-1] + 10 ** 6,)
+                parent = written.get(field_path[:-2], (None, None))
+                assert document.locate(beyond) == parent, (path, beyond)
+        assert document.locate(()) == (None, None)
+        assert document.locate(("no_such_field",)) == (None, None)
