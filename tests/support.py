@@ -65,7 +65,7 @@ def decisive_caption_weights(path, stages, deploy="nets/lrcn_caption_deploy.prot
     import torch
 
     from lrcn_proto import caffe_pb2
-    from tasks.caption.generate import Captioner
+    from lrcn_apps.caption.generate import Captioner
     model = Captioner(deploy, None, stages=stages)
     with torch.no_grad():
         generator = torch.Generator().manual_seed(7)

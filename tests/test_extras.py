@@ -58,7 +58,7 @@ def test_caption_eval_without_pycocoevalcap_is_one_line(tmp_path):
         '"annotations": [{"image_id": 1, "id": 1, "caption": "a red circle."}]}')
     (tmp_path / "res.json").write_text('[{"image_id": 1, "caption": "a red circle."}]')
     result = run_without_extras(
-        "from tasks.caption.metrics import main; "
+        "from lrcn_apps.caption.metrics import main; "
         "sys.exit(main(['--results', 'res.json', '--annotations', 'refs.json']))", tmp_path)
     assert result.returncode == 1, result.stderr
     assert result.stderr.count("\n") == 1

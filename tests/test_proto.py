@@ -178,7 +178,7 @@ def test_packed_wire_bytes():
 
 
 # --------------------------------------------------------------------------
-# (d) this project's own VideoData layer (tasks/activity/video_layer.py)
+# (d) this project's own VideoData layer (lrcn_apps/activity/video_layer.py)
 
 def test_video_data_param_is_the_projects_own_field():
     descriptor = field("LayerParameter", "video_data_param")

@@ -1,15 +1,15 @@
-"""Clip sampling, time-major layout, test-protocol clips, 10-crop (tasks.activity.clips)."""
+"""Clip sampling, time-major layout, test-protocol clips, 10-crop (lrcn_apps.activity.clips)."""
 import numpy as np
 import pytest
 
-from tasks.activity.clips import (ClipSample, TrainingClipSampler, batch_frame_table,
+from lrcn_apps.activity.clips import (ClipSample, TrainingClipSampler, batch_frame_table,
                                   batch_video_indices, clip_frame_indices, clip_major_to_time_major,
                                   clip_markers, crop_frame, evaluation_clip_frames,
                                   evaluation_clip_starts, frame_labels, merge_time_major,
                                   sample_clip, sample_crop_offset, sample_start_frame,
                                   sample_training_batch, split_time_major,
                                   ten_crop_offsets, time_major_row, time_major_to_clip_major)
-from tasks.activity.flow import encode_flow
+from lrcn_apps.activity.flow import encode_flow
 
 
 # --- training clips --------------------------------------------------------------------------

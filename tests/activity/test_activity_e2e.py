@@ -4,7 +4,7 @@ registered), initialise LRCN from the single-frame snapshot, score the test
 videos with the paper's protocol (lrcn-activity-score) and evaluate RGB, flow and their fusion
 (lrcn-activity-eval).
 
-The dataset is rendered in memory (tasks.activity.motion_dataset.render_video, no ffmpeg) and
+The dataset is rendered in memory (lrcn_apps.activity.motion_dataset.render_video, no ffmpeg) and
 written in lrcn-activity-data's layout: frames/, flow_images/, the four lists and classInd.txt.
 The net and solver files are the repository's, with their paths pointed at it and the schedule
 cut to a few iterations. The tools run in this process (their entry points' main functions).
@@ -17,10 +17,10 @@ import pytest
 from google.protobuf import text_format
 
 from lrcn_proto import caffe_pb2
-from tasks.activity import motion_dataset
-from tasks.activity.flow import FarnebackParams, video_flow_images
-from tasks.activity.lists import VideoListEntry, frame_file_name, write_video_list
-from tasks.activity.prepare import save_jpeg
+from lrcn_apps.activity import motion_dataset
+from lrcn_apps.activity.flow import FarnebackParams, video_flow_images
+from lrcn_apps.activity.lists import VideoListEntry, frame_file_name, write_video_list
+from lrcn_apps.activity.prepare import save_jpeg
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PREPARED = "data/activity_motion/prepared/"
@@ -94,7 +94,7 @@ def tool(main, *args):
 
 def test_train_score_evaluate(tmp_path, dataset, capsys):
     from runtime.cli import train_main
-    from tasks.activity import evaluate, run_eval
+    from lrcn_apps.activity import evaluate, run_eval
 
     # Single-frame RGB, then LRCN RGB initialised from it (the paper's recipe).
     tool(train_main, str(short_solver(tmp_path, dataset, "activity_single_frame_rgb.prototxt",

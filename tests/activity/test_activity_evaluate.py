@@ -1,10 +1,10 @@
-"""Video-level test protocol, fusion and `lrcn-activity-eval` (tasks.activity.evaluate)."""
+"""Video-level test protocol, fusion and `lrcn-activity-eval` (lrcn_apps.activity.evaluate)."""
 import json
 
 import numpy as np
 import pytest
 
-from tasks.activity.evaluate import (accuracy, average_frame_probabilities, fuse, main, predict,
+from lrcn_apps.activity.evaluate import (accuracy, average_frame_probabilities, fuse, main, predict,
                                      save_video_probabilities)
 
 

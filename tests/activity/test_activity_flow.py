@@ -1,8 +1,8 @@
-"""LRCN flow-image encoding and Farneback flow (tasks.activity.flow)."""
+"""LRCN flow-image encoding and Farneback flow (lrcn_apps.activity.flow)."""
 import numpy as np
 import pytest
 
-from tasks.activity.flow import (QUANTISATION_ERROR, REPRESENTABLE_FLOW, compute_flow,
+from lrcn_apps.activity.flow import (QUANTISATION_ERROR, REPRESENTABLE_FLOW, compute_flow,
                                  decode_flow, encode_flow, mirror_flow_image,
                                  video_flow_images)
 

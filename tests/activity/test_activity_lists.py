@@ -1,10 +1,10 @@
-"""Split files, classInd.txt and prepared video lists (tasks.activity.lists)."""
+"""Split files, classInd.txt and prepared video lists (lrcn_apps.activity.lists)."""
 from pathlib import Path
 
 import pytest
 
-from tasks.activity.errors import ActivityError
-from tasks.activity.lists import (VideoListEntry, class_names_by_label, frame_file_name,
+from lrcn_apps.activity.errors import ActivityError
+from lrcn_apps.activity.lists import (VideoListEntry, class_names_by_label, frame_file_name,
                                   frame_path, read_class_index, read_split_file, read_video_list,
                                   write_video_list)
 

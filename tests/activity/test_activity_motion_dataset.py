@@ -1,15 +1,15 @@
-"""The synthetic motion-only dataset (tasks.activity.motion_dataset) and its committed copy."""
+"""The synthetic motion-only dataset (lrcn_apps.activity.motion_dataset) and its committed copy."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tasks.activity.errors import ActivityError
-from tasks.activity.lists import read_class_index, read_split_file
-from tasks.activity.motion_dataset import (CLASSES, FRAME_COUNT_RANGE, FRAME_SIZE, TEST_GROUPS,
+from lrcn_apps.activity.errors import ActivityError
+from lrcn_apps.activity.lists import read_class_index, read_split_file
+from lrcn_apps.activity.motion_dataset import (CLASSES, FRAME_COUNT_RANGE, FRAME_SIZE, TEST_GROUPS,
                                            VideoSpec, main, make_scene, render_video,
                                            square_positions, write_dataset)
-from tasks.activity.video_io import read_video_frames
+from lrcn_apps.activity.video_io import read_video_frames
 
 DATASET = Path(__file__).resolve().parents[2] / "data" / "activity_motion"
 CLASS_NAMES = [motion.name for motion in CLASSES]

@@ -1,16 +1,16 @@
-"""`lrcn-activity-data` end to end on a tiny UCF-101-style tree (tasks.activity.prepare)."""
+"""`lrcn-activity-data` end to end on a tiny UCF-101-style tree (lrcn_apps.activity.prepare)."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.activity.flow import decode_flow
-from tasks.activity.lists import read_video_list
-from tasks.activity.motion_dataset import (CLASSES, VideoSpec, make_scene, render_video,
+from lrcn_apps.activity.flow import decode_flow
+from lrcn_apps.activity.lists import read_video_list
+from lrcn_apps.activity.motion_dataset import (CLASSES, VideoSpec, make_scene, render_video,
                                            square_positions)
-from tasks.activity.prepare import main
-from tasks.activity.video_io import write_video
+from lrcn_apps.activity.prepare import main
+from lrcn_apps.activity.video_io import write_video
 
 RIGHT_FAST = next(i for i, c in enumerate(CLASSES) if c.name == "MoveRightFast")
 UP = next(i for i, c in enumerate(CLASSES) if c.name == "MoveUp")

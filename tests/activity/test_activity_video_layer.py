@@ -1,4 +1,4 @@
-"""The VideoData layer (tasks/activity/video_layer.py, video_shapes.py): clip sampling, the
+"""The VideoData layer (lrcn_apps/activity/video_layer.py, video_shapes.py): clip sampling, the
 time-major data / label / clip_markers layout, crops and mirrors per clip, determinism and resume,
 the shape rule, and the T x N reshape inside the compiled LRCN net.
 
@@ -18,9 +18,9 @@ import compiler
 from compiler.errors import CompileError
 from lrcn_proto import caffe_pb2
 from runtime import prefetch
-from tasks.activity import video_layer, video_shapes  # noqa: F401  (registers VideoData)
-from tasks.activity.lists import VideoListEntry, frame_file_name, write_video_list
-from tasks.activity.video_layer import VideoData
+from lrcn_apps.activity import video_layer, video_shapes  # noqa: F401  (registers VideoData)
+from lrcn_apps.activity.lists import VideoListEntry, frame_file_name, write_video_list
+from lrcn_apps.activity.video_layer import VideoData
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEIGHT, WIDTH = 8, 10
@@ -306,7 +306,7 @@ def test_lrcn_net_reshapes_frames_to_time_by_clips(stage):
 
 def test_deploy_nets_give_per_frame_probabilities():
     from runtime.net import Net
-    from tasks.activity.clips import clip_markers
+    from lrcn_apps.activity.clips import clip_markers
     for path in (LRCN_NET, SINGLE_FRAME_NET):
         net = Net(path, phase="TEST", stages=("rgb", "deploy"))
         shape = net.compiled.blobs["data"]

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from support import decisive_caption_weights
-from tasks.caption import bundle, generate
+from lrcn_apps.caption import bundle, generate
 
 pytest.importorskip("onnxruntime")
 
@@ -70,7 +70,7 @@ def test_onnx_captions_equal_lrcn_caption(exported, capsys, output_format):
 def test_the_bundle_captions_without_torch(exported):
     _, out = exported
     script = ("import sys; sys.modules['torch'] = None; sys.path.insert(0, sys.argv[1]); "
-              "from tasks.caption.bundle import BundleCaptioner; "
+              "from lrcn_apps.caption.bundle import BundleCaptioner; "
               "model = BundleCaptioner(sys.argv[2]); "
               "print([model.sentence(c) for c in model.greedy(sys.argv[3:], 12)])")
     result = subprocess.run([sys.executable, "-c", script, ROOT, str(out)] + IMAGES,

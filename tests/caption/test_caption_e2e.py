@@ -9,7 +9,7 @@ import re
 import pytest
 
 from runtime import cli as runtime_cli
-from tasks.caption import generate, metrics
+from lrcn_apps.caption import generate, metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""Caption generation (tasks/caption/generate.py) with nets/lrcn_caption_deploy.prototxt.
+"""Caption generation (lrcn_apps/caption/generate.py) with nets/lrcn_caption_deploy.prototxt.
 
 Most tests program the word net as a first-order Markov chain (`program_markov`): the LSTMs
 copy the previous word into their state, so predict's weights give the next word's logits as a
@@ -17,10 +17,10 @@ import torch
 import compiler
 from runtime import weights as weight_files
 from runtime.net import Net
-from tasks.caption import generate
-from tasks.caption.coco import DataError, load_results
-from tasks.caption.generate import Caption, Captioner
-from tasks.caption.text import EOS_INDEX
+from lrcn_apps.caption import generate
+from lrcn_apps.caption.coco import DataError, load_results
+from lrcn_apps.caption.generate import Caption, Captioner
+from lrcn_apps.caption.text import EOS_INDEX
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPLOY = os.path.join(REPO, "nets", "lrcn_caption_deploy.prototxt")

@@ -1,5 +1,5 @@
 """Caption metrics against pycocoevalcap's own scorers, and LRCN's retrieval metrics
-(tasks.caption.metrics)."""
+(lrcn_apps.caption.metrics)."""
 
 import contextlib
 import io
@@ -11,7 +11,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 
-from tasks.caption import metrics
+from lrcn_apps.caption import metrics
 
 needs_java = pytest.mark.skipif(not metrics.java_available(), reason="java not found")
 

@@ -4,8 +4,8 @@ import pytest
 
 from runtime import export_cli
 from support import decisive_caption_weights as decisive_weights
-from tasks.caption.generate import Captioner
-from tasks.caption.onnx_decode import OnnxGreedyCaptioner
+from lrcn_apps.caption.generate import Captioner
+from lrcn_apps.caption.onnx_decode import OnnxGreedyCaptioner
 
 pytest.importorskip("onnxruntime")
 

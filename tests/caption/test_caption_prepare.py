@@ -1,4 +1,4 @@
-"""lrcn-caption-data end to end on a tiny COCO-format dataset (tasks.caption.prepare)."""
+"""lrcn-caption-data end to end on a tiny COCO-format dataset (lrcn_apps.caption.prepare)."""
 
 import json
 import os
@@ -7,8 +7,8 @@ import h5py
 import numpy as np
 import pytest
 
-from tasks.caption import prepare
-from tasks.caption.text import Vocabulary, tokenize
+from lrcn_apps.caption import prepare
+from lrcn_apps.caption.text import Vocabulary, tokenize
 
 TRAIN_CAPTIONS = {
     1: ["A red circle.", "a red circle on the left"],

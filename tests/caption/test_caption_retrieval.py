@@ -1,5 +1,5 @@
-"""LRCN's retrieval experiment (tasks/caption/retrieval.py): the score matrix from
-Captioner.score and the metrics of tasks.caption.metrics over it.
+"""LRCN's retrieval experiment (lrcn_apps/caption/retrieval.py): the score matrix from
+Captioner.score and the metrics of lrcn_apps.caption.metrics over it.
 
 The Markov-chain models come from test_caption_generate (pytest puts this folder on sys.path).
 """
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.caption import metrics, retrieval
-from tasks.caption.coco import DataError
-from tasks.caption.generate import Captioner
-from tasks.caption.text import EOS_INDEX
+from lrcn_apps.caption import metrics, retrieval
+from lrcn_apps.caption.coco import DataError
+from lrcn_apps.caption.generate import Captioner
+from lrcn_apps.caption.text import EOS_INDEX
 from runtime.net import Net
 from test_caption_generate import (DEPLOY, IMAGES, REPO, TRAIN_NET, V, VOCABULARY,
                                    program_markov, random_features, random_table, run_main)

@@ -1,6 +1,6 @@
 """The committed synthetic shapes dataset: regenerates identically, its captions follow its
 scenes, and the committed prepared streams are what data/caption_shapes/README.md's command
-produces (tasks.caption.shapes_dataset, tasks.caption.prepare)."""
+produces (lrcn_apps.caption.shapes_dataset, lrcn_apps.caption.prepare)."""
 
 import json
 import os
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.caption import prepare, shapes_dataset, streams
-from tasks.caption.text import Vocabulary, tokenize
+from lrcn_apps.caption import prepare, shapes_dataset, streams
+from lrcn_apps.caption.text import Vocabulary, tokenize
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATA = os.path.join(REPO, "data", "caption_shapes")

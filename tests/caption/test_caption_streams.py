@@ -1,4 +1,4 @@
-"""Stream packing against hand-computed layouts (tasks.caption.streams)."""
+"""Stream packing against hand-computed layouts (lrcn_apps.caption.streams)."""
 
 import random
 
@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from tasks.caption import streams
+from lrcn_apps.caption import streams
 
 
 def test_sentence_steps_bos_words_eos():

@@ -1,8 +1,8 @@
-"""LRCN's tokenizer and vocabulary (tasks.caption.text)."""
+"""LRCN's tokenizer and vocabulary (lrcn_apps.caption.text)."""
 
 import pytest
 
-from tasks.caption.text import EOS_INDEX, UNK, UNK_INDEX, Vocabulary, VocabularyError, \
+from lrcn_apps.caption.text import EOS_INDEX, UNK, UNK_INDEX, Vocabulary, VocabularyError, \
     build_vocabulary, tokenize
 
 

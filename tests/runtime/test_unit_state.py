@@ -174,7 +174,7 @@ def sources(tmp_path_factory):
     from runtime.data_tools import convert_imageset_main
     assert convert_imageset_main([f"{folder}/", str(folder / "images.txt"),
                                   str(folder / "lmdb")]) == 0
-    from tasks.activity.lists import VideoListEntry, frame_file_name, write_video_list
+    from lrcn_apps.activity.lists import VideoListEntry, frame_file_name, write_video_list
     entries = []
     for video in range(3):
         name = f"v_video{video}"

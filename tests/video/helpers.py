@@ -5,8 +5,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from tasks.video import synthetic_dataset
-from tasks.video.synthetic_dataset import VideoTuple
+from lrcn_apps.video import synthetic_dataset
+from lrcn_apps.video.synthetic_dataset import VideoTuple
 
 TUPLES = [VideoTuple("red square", "approaches", "green circle"),
           VideoTuple("blue circle", "leaves", "yellow square"),

@@ -14,7 +14,7 @@ import torch
 
 from runtime import cli as runtime_cli
 from runtime.net import Net
-from tasks.video.streams import RowWriter, s2vt_pair
+from lrcn_apps.video.streams import RowWriter, s2vt_pair
 
 from helpers import run
 

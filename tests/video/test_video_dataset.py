@@ -1,11 +1,11 @@
-"""The bundled video dataset's generator (tasks/video/synthetic_dataset.py)."""
+"""The bundled video dataset's generator (lrcn_apps/video/synthetic_dataset.py)."""
 
 import os
 
 import numpy as np
 
-from tasks.video import synthetic_dataset as dataset
-from tasks.video.sentences import read_sentences
+from lrcn_apps.video import synthetic_dataset as dataset
+from lrcn_apps.video.sentences import read_sentences
 
 from helpers import ROOT
 

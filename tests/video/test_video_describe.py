@@ -10,11 +10,11 @@ import torch
 import compiler
 from lrcn_proto import caffe_pb2
 from runtime.net import Net
-from tasks.caption.text import Vocabulary
-from tasks.video import describe
-from tasks.video.describe import VideoDescriber
-from tasks.video.features import write_features
-from tasks.video.streams import s2vt_pair
+from lrcn_apps.caption.text import Vocabulary
+from lrcn_apps.video import describe
+from lrcn_apps.video.describe import VideoDescriber
+from lrcn_apps.video.features import write_features
+from lrcn_apps.video.streams import s2vt_pair
 
 from helpers import ROOT, run
 

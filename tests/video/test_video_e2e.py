@@ -6,8 +6,8 @@ import json
 import re
 
 from runtime import cli as runtime_cli
-from tasks.caption import metrics
-from tasks.video import describe, prepare
+from lrcn_apps.caption import metrics
+from lrcn_apps.video import describe, prepare
 
 from helpers import ROOT, run, write_lines
 

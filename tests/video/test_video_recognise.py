@@ -5,9 +5,9 @@ import os
 import h5py
 import numpy as np
 
-from tasks.video import recogniser
-from tasks.video.features import write_features
-from tasks.video.recogniser import Recogniser
+from lrcn_apps.video import recogniser
+from lrcn_apps.video.features import write_features
+from lrcn_apps.video.recogniser import Recogniser
 
 from helpers import ROOT, run
 from test_video_describe import trained_like_weights, videos

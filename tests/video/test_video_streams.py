@@ -1,4 +1,4 @@
-"""S2VT's stream layout (tasks/video/streams.py, lrcn-video-data)."""
+"""S2VT's stream layout (lrcn_apps/video/streams.py, lrcn-video-data)."""
 
 import json
 import os
@@ -9,10 +9,10 @@ import pytest
 
 from compiler import parse_text
 from runtime.net import Net
-from tasks.video import prepare
-from tasks.video.features import read_features
-from tasks.video.recogniser import label_vectors
-from tasks.video.streams import s2vt_steps
+from lrcn_apps.video import prepare
+from lrcn_apps.video.features import read_features
+from lrcn_apps.video.recogniser import label_vectors
+from lrcn_apps.video.streams import s2vt_steps
 
 from helpers import FEATURE_NET, TUPLES, run, write_frame_folders, write_lines
 

@@ -26,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tasks.activity.errors import ActivityError
+from lrcn_apps.activity.errors import ActivityError
 
 PROG = "lrcn-activity-eval"
 PAPER_FUSION_WEIGHTS = (1.0 / 2.0, 1.0 / 3.0)

@@ -11,7 +11,7 @@ Every problem names the file and the line (text) or the record (JSON).
 import re
 from dataclasses import dataclass
 
-from tasks.caption.coco import DataError, load_json
+from lrcn_apps.caption.coco import DataError, load_json
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ Each video has three reference sentences (paraphrases of the same tuple), S2VT's
 tuple of every video (``vid<TAB>subject<TAB>action<TAB>object``), the labels the TACoS-style
 recogniser is trained on. Regenerate (byte-identical) with
 
-    python -m tasks.video.synthetic_dataset --out data/video_actions --overwrite
+    python -m lrcn_apps.video.synthetic_dataset --out data/video_actions --overwrite
 """
 
 import argparse
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.activity.video_io import write_video
+from lrcn_apps.activity.video_io import write_video
 
 FRAME_SIZE = 32
 SHAPE_SIZE = 8
@@ -175,9 +175,9 @@ def write_dataset(out, seed=0, overwrite=False, log=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m tasks.video.synthetic_dataset",
+        prog="python -m lrcn_apps.video.synthetic_dataset",
         description="Write the synthetic video-description dataset (S2VT's sentence layout).",
-        epilog="example:\n  python -m tasks.video.synthetic_dataset --out data/video_actions "
+        epilog="example:\n  python -m lrcn_apps.video.synthetic_dataset --out data/video_actions "
                "--overwrite", formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="dataset folder")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")

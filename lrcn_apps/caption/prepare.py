@@ -3,7 +3,7 @@
 What it writes into --out (folder names as in JD examples/coco_caption/h5_data/buffer_100/,
 so LRCN's nets need only their paths changed):
 
-    vocabulary.txt                          one word per line, <unk> first (tasks.caption.text)
+    vocabulary.txt                          one word per line, <unk> first (lrcn_apps.caption.text)
     <split>_aligned_<T>_batches/            for every split
         batch_<k>.h5                        cont_sentence / input_sentence / target_sentence
         hdf5_chunk_list.txt                 HDF5Data source (batch_size: T)
@@ -13,7 +13,7 @@ so LRCN's nets need only their paths changed):
     <split>_references.json                 the split's captions in COCO format (evaluation)
     summary.json                            T, N, vocabulary size, counts per split
 
-The stream layout is described in tasks.caption.streams. Paths inside the list files are
+The stream layout is described in lrcn_apps.caption.streams. Paths inside the list files are
 written as given on the command line (--out and --images), so relative paths resolve from the
 directory this command ran in, which is where Caffe (or the runtime) must run as well.
 
@@ -30,9 +30,9 @@ import shutil
 import sys
 import tempfile
 
-from tasks.caption import streams
-from tasks.caption.coco import DataError, load_caption_set, reference_document
-from tasks.caption.text import DEFAULT_MIN_COUNT, Vocabulary, VocabularyError, \
+from lrcn_apps.caption import streams
+from lrcn_apps.caption.coco import DataError, load_caption_set, reference_document
+from lrcn_apps.caption.text import DEFAULT_MIN_COUNT, Vocabulary, VocabularyError, \
     build_vocabulary, tokenize
 
 PROGRAM = "lrcn-caption-data"
@@ -43,7 +43,7 @@ DEFAULT_SEED = 3
 EXAMPLES = """\
 examples:
   # the synthetic shapes dataset (one annotation file per split), from the repository root
-  python -m tasks.caption.prepare \\
+  python -m lrcn_apps.caption.prepare \\
       --captions train=data/caption_shapes/captions_train.json \\
       --captions val=data/caption_shapes/captions_val.json \\
       --captions test=data/caption_shapes/captions_test.json \\

@@ -11,7 +11,7 @@ Output folder (every path in a list file is relative to the output folder):
 <split> is the split file's name without its extension (trainlist01.txt -> trainlist01_rgb.txt);
 the list lines keep the split file's order. A video named in several split files is extracted
 once. Flow is Farneback flow between consecutive (resized) frames, encoded as in
-tasks.activity.flow, and computed from the decoded frames before JPEG compression.
+lrcn_apps.activity.flow, and computed from the decoded frames before JPEG compression.
 
 The whole tree is written into a temporary folder next to OUT and renamed to OUT at the end, so
 a failed or interrupted run leaves no partial output (and an existing OUT is only replaced,
@@ -32,11 +32,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from compiler.extras import MissingExtra
-from tasks.activity.errors import ActivityError
-from tasks.activity.flow import FarnebackParams, video_flow_images
-from tasks.activity.lists import (SplitEntry, VideoListEntry, frame_file_name,
+from lrcn_apps.activity.errors import ActivityError
+from lrcn_apps.activity.flow import FarnebackParams, video_flow_images
+from lrcn_apps.activity.lists import (SplitEntry, VideoListEntry, frame_file_name,
                                   read_class_index, read_split_file, write_video_list)
-from tasks.activity.video_io import parse_size, read_video_frames, resize_frames
+from lrcn_apps.activity.video_io import parse_size, read_video_frames, resize_frames
 
 PROG = "lrcn-activity-data"
 FRAMES_DIR = "frames"

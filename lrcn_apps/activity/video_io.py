@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from compiler.extras import require
-from tasks.activity.errors import ActivityError
+from lrcn_apps.activity.errors import ActivityError
 
 
 def first_line(error: BaseException) -> str:

@@ -8,12 +8,12 @@ layer name:
 - stage "word" runs ONE time step for N streams per call, the LSTMs carrying h and c between
   calls: step 0 feeds cont 0 and word 0 (BOS), every later step cont 1 and the previous word.
 
-Greedy decoding, beam search, sampling and forced scoring are tasks.generation's
+Greedy decoding, beam search, sampling and forced scoring are lrcn_apps.generation's
 StepDecoder (shared with lrcn-describe); this module says how an image starts the streams: its
 features, computed once, are the word net's static input at every step, and step 0 feeds
 cont 0 and word 0 (BOS), every later step cont 1 and the previous word. The captioner builds
 its word net without the deploy net's ``probs`` Softmax (log-probabilities come from the
-logits, see tasks.generation).
+logits, see lrcn_apps.generation).
 
 Images are read and transformed exactly as training's ImageData layer reads them (Caffe's BGR
 order, runtime.transform), with the ``transform_param`` written on the deploy net's ``data``
@@ -37,9 +37,9 @@ from compiler.errors import CompileError
 from runtime import transform as image_transform
 from runtime import weights as weight_files
 from runtime.net import Net
-from tasks.caption.coco import DataError, load_json
-from tasks.caption.text import Vocabulary, VocabularyError
-from tasks.generation import (DEFAULT_MAX_LENGTH, DEFAULT_SEED, Caption,  # noqa: F401
+from lrcn_apps.caption.coco import DataError, load_json
+from lrcn_apps.caption.text import Vocabulary, VocabularyError
+from lrcn_apps.generation import (DEFAULT_MAX_LENGTH, DEFAULT_SEED, Caption,  # noqa: F401
                               StepDecoder, add_decoding_arguments, best_of_samples,
                               build_step_net, check_decoding_arguments, decode_batch,
                               describe, load_weights)

@@ -1,8 +1,8 @@
-"""`lrcn-activity-score` (python -m tasks.activity.run_eval): run a trained activity net over the
+"""`lrcn-activity-score` (python -m lrcn_apps.activity.run_eval): run a trained activity net over the
 test videos with LRCN's protocol and write the per-video probabilities `lrcn-activity-eval` reads.
 
 The protocol (classify_video.py in LisaAnne/lisa-caffe-public@lstm_video_deploy, and
-tasks.activity.evaluate): every test video is cut into clips of T = 16 frames starting every 8
+lrcn_apps.activity.evaluate): every test video is cut into clips of T = 16 frames starting every 8
 frames (the last clip ends on the last frame); every frame is cropped 10 ways (4 corners and the
 centre, and their mirrors); the net's softmax is averaged over the crops of a frame, then over
 all frames of all clips of the video.
@@ -21,7 +21,7 @@ mirroring has never seen mirrored frames (and on the bundled motion dataset a mi
 shows the mirrored class: MoveLeft for MoveRight).
 
 Example:
-    python -m tasks.activity.run_eval --net nets/lrcn_activity.prototxt --stage rgb \\
+    python -m lrcn_apps.activity.run_eval --net nets/lrcn_activity.prototxt --stage rgb \\
         --weights runs/activity/lrcn_rgb_iter_1500.caffemodel \\
         --out runs/activity/lrcn_rgb_test_probs.npz
 """
@@ -90,7 +90,7 @@ def test_data_layer(net_path: str, stages: tuple[str, ...]):
     import compiler
     from compiler.errors import CompileError
 
-    from tasks.activity import video_shapes
+    from lrcn_apps.activity import video_shapes
     compiled = compiler.compile_net(net_path, "TEST", stages + (DATA_STAGE,))
     layers = [layer for layer in compiled.layers if layer.type == video_shapes.LAYER_TYPE]
     if not layers:
@@ -102,7 +102,7 @@ def test_data_layer(net_path: str, stages: tuple[str, ...]):
 
 def crop_table(mode: str, mirror: bool, frame_size, crop_size) -> np.ndarray:
     """(crops, 3) rows (y, x, mirror) in caffe.io.oversample's order."""
-    from tasks.activity.clips import ten_crop_offsets
+    from lrcn_apps.activity.clips import ten_crop_offsets
     table = ten_crop_offsets(frame_size, crop_size)
     count = (10 if mirror else 5) if mode == "auto" else int(mode)
     if count == 1:
@@ -134,7 +134,7 @@ class Scorer:
 
     def run(self, columns):
         """columns: [(video, frames (T,), y, x, mirror)] (at most N) -> (T, len, C) probs."""
-        from tasks.activity.clips import clip_markers
+        from lrcn_apps.activity.clips import clip_markers
         torch = self.torch
         data = np.zeros((self.T, self.N, 3) + self.crop, np.float32)
         for n, (video, frames, y, x, mirror) in enumerate(columns):
@@ -152,9 +152,9 @@ class Scorer:
 
 def score(args) -> dict:
     from runtime.net import Net
-    from tasks.activity.clips import evaluation_clip_frames
-    from tasks.activity.evaluate import average_frame_probabilities, save_video_probabilities
-    from tasks.activity.video_layer import ClipTransform, VideoSource
+    from lrcn_apps.activity.clips import evaluation_clip_frames
+    from lrcn_apps.activity.evaluate import average_frame_probabilities, save_video_probabilities
+    from lrcn_apps.activity.video_layer import ClipTransform, VideoSource
 
     stages = stages_of(args.stage)
     layer = test_data_layer(args.net, stages)
@@ -210,8 +210,8 @@ def score(args) -> dict:
 
 def class_names(list_file: str, count: int):
     """Class names from classInd.txt beside the list (lrcn-activity-data copies it there)."""
-    from tasks.activity.errors import ActivityError
-    from tasks.activity.lists import class_names_by_label, read_class_index
+    from lrcn_apps.activity.errors import ActivityError
+    from lrcn_apps.activity.lists import class_names_by_label, read_class_index
     path = Path(list_file).with_name("classInd.txt")
     if not path.is_file():
         return None
@@ -224,7 +224,7 @@ def class_names(list_file: str, count: int):
 
 def main(argv: Sequence[str] | None = None) -> int:
     from compiler.errors import CompileError
-    from tasks.activity.errors import ActivityError
+    from lrcn_apps.activity.errors import ActivityError
 
     args = build_parser().parse_args(argv)
     if args.clip_length < 1 or args.stride < 1:

@@ -37,7 +37,7 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-from tasks.caption.text import tokenize
+from lrcn_apps.caption.text import tokenize
 
 IMAGE_SIZE = 32
 SUPERSAMPLE = 4
@@ -265,7 +265,7 @@ def generate(out_dir, seed=DEFAULT_SEED, splits=DEFAULT_SPLITS):
                 annotations.append({"image_id": image_id, "id": annotation_id,
                                     "caption": caption})
         document = {"info": {"description": "LRCN synthetic shapes captions, split %s" % split,
-                             "generator": "tasks.caption.shapes_dataset", "seed": seed},
+                             "generator": "lrcn_apps.caption.shapes_dataset", "seed": seed},
                     "licenses": [], "type": "captions",
                     "images": images, "annotations": annotations}
         with open(os.path.join(out_dir, "captions_%s.json" % split), "w",
@@ -316,7 +316,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="lrcn-caption-shapes",
         description="Generate the synthetic shapes captioning dataset (COCO format).",
-        epilog="example:\n  python -m tasks.caption.shapes_dataset --out data/caption_shapes "
+        epilog="example:\n  python -m lrcn_apps.caption.shapes_dataset --out data/caption_shapes "
                "--overwrite",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="dataset folder")

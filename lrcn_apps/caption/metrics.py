@@ -4,7 +4,7 @@ retrieval metrics.
 Caption metrics are pycocoevalcap's scorers, fed the way its COCOEvalCap does: references and
 results are tokenized with the Stanford PTB tokenizer (Java), lower-cased, punctuation
 removed; every image with a result caption is scored against all its references. Without
-Java the captions are tokenized with LRCN's tokenizer instead (tasks.caption.text) and the
+Java the captions are tokenized with LRCN's tokenizer instead (lrcn_apps.caption.text) and the
 same punctuation tokens are dropped; scores are then close to, but not exactly, the official
 ones, and METEOR (a Java program too) is skipped. Both are announced on the output.
 
@@ -30,8 +30,8 @@ import numpy as np
 from compiler.errors import CompileError
 from compiler.files import write_text_atomically
 from compiler.extras import MissingExtra, require
-from tasks.caption.coco import DataError, load_caption_set, load_results
-from tasks.caption.text import tokenize
+from lrcn_apps.caption.coco import DataError, load_caption_set, load_results
+from lrcn_apps.caption.text import tokenize
 
 PROGRAM = "lrcn-caption-eval"
 CAPTION_METRICS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")

@@ -34,11 +34,11 @@ import torch
 import compiler
 from compiler.errors import CompileError
 from runtime.net import Net
-from tasks.caption import streams as caption_streams
-from tasks.caption.coco import DataError, load_json
-from tasks.generation import describe, load_weights
-from tasks.video.features import read_features, write_features
-from tasks.video.streams import RowWriter
+from lrcn_apps.caption import streams as caption_streams
+from lrcn_apps.caption.coco import DataError, load_json
+from lrcn_apps.generation import describe, load_weights
+from lrcn_apps.video.features import read_features, write_features
+from lrcn_apps.video.streams import RowWriter
 
 SLOTS = ("subject", "action", "object")
 PROGRAM = "lrcn-video-recognise"

@@ -18,10 +18,10 @@ import compiler
 from compiler.errors import CompileError
 from runtime import transform as image_transform
 from runtime.net import Net
-from tasks.activity.errors import ActivityError
-from tasks.activity.video_io import read_video_frames, resize_frame
-from tasks.caption.coco import DataError
-from tasks.generation import describe, load_weights
+from lrcn_apps.activity.errors import ActivityError
+from lrcn_apps.activity.video_io import read_video_frames, resize_frame
+from lrcn_apps.caption.coco import DataError
+from lrcn_apps.generation import describe, load_weights
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 FRAMES_PER_FORWARD = 64

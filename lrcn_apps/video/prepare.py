@@ -11,10 +11,10 @@ Outputs in --out (written into a temporary folder and moved into place at the en
     meanpool/<split>_sentences/    the mean-pool model's sentence streams (T_words x N)
     meanpool/<split>_mean/         its mean_fc7 rows, one per stream
     recogniser/                    with --tuples: the recogniser's streams and slots.json
-                                   (tasks.video.recogniser)
+                                   (lrcn_apps.video.recogniser)
     summary.json
 
-The stream layouts are tasks.video.streams'. Paths in the list files are --out joined with the
+The stream layouts are lrcn_apps.video.streams'. Paths in the list files are --out joined with the
 folder, as the nets name them from the working directory (the repository root for the bundled
 nets).
 """
@@ -26,14 +26,14 @@ import sys
 
 import numpy as np
 
-from tasks.caption import streams as caption_streams
-from tasks.caption.coco import DataError, reference_document
-from tasks.caption.prepare import listed_path, publish_atomically, split_rng
-from tasks.caption.text import Vocabulary, VocabularyError, build_vocabulary, tokenize
-from tasks.video import recogniser, streams
-from tasks.video.features import (FrameFeatures, find_video, read_features, read_frames,
+from lrcn_apps.caption import streams as caption_streams
+from lrcn_apps.caption.coco import DataError, reference_document
+from lrcn_apps.caption.prepare import listed_path, publish_atomically, split_rng
+from lrcn_apps.caption.text import Vocabulary, VocabularyError, build_vocabulary, tokenize
+from lrcn_apps.video import recogniser, streams
+from lrcn_apps.video.features import (FrameFeatures, find_video, read_features, read_frames,
                                   write_features)
-from tasks.video.sentences import read_sentences, video_numbers
+from lrcn_apps.video.sentences import read_sentences, video_numbers
 
 PROGRAM = "lrcn-video-data"
 DEFAULT_STREAMS = 32

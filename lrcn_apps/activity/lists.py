@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
-from tasks.activity.errors import ActivityError
+from lrcn_apps.activity.errors import ActivityError
 
 FRAME_EXTENSION = ".jpg"
 

@@ -38,7 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tasks.activity.flow import mirror_flow_image
+from lrcn_apps.activity.flow import mirror_flow_image
 
 CLIP_LENGTH = 16
 TRAIN_CLIPS_PER_BATCH = 24

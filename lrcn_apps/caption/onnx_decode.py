@@ -10,7 +10,7 @@ inputs `<layer>.h0` / `<layer>.c0` and outputs `<layer>.hT` / `<layer>.cT`):
         --stage word,factored,2-layer --dynamic-batch --step -o word_step.onnx
 
 `OnnxGreedyCaptioner` is the decoding loop such a deployment runs, written with numpy and
-onnxruntime only; tests check that its captions equal lrcn-caption's (tasks.caption.generate).
+onnxruntime only; tests check that its captions equal lrcn-caption's (lrcn_apps.caption.generate).
 """
 
 import numpy as np

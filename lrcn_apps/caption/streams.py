@@ -1,7 +1,7 @@
 """Sentence streams in LRCN's HDF5 layout (JD examples/coco_caption/hdf5_sequence_generator.py
 and coco_to_hdf5_data.py).
 
-One sentence of L words (net indices w1..wL, see tasks.caption.text) becomes L + 1 steps::
+One sentence of L words (net indices w1..wL, see lrcn_apps.caption.text) becomes L + 1 steps::
 
     cont_sentence    0   1   1  ...  1      cont = 0 starts a new sentence (LSTM state reset)
     input_sentence   0   w1  w2 ...  wL     0 = BOS input at t = 0 (same index as EOS)

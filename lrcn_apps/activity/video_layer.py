@@ -3,7 +3,7 @@ sequence_input_layer.py, LisaAnne/lisa-caffe-public@lstm_video_deploy,
 examples/LRCN_activity_recognition).
 
 Importing this module registers the unit ("VideoData") and its shape rule
-(tasks.activity.video_shapes). Settings: lrcn_proto VideoDataParameter plus the layer's
+(lrcn_apps.activity.video_shapes). Settings: lrcn_proto VideoDataParameter plus the layer's
 transform_param. Tops (see video_shapes): data (T*N, 3, h, w) time-major, label (T*N,),
 clip_markers (T*N,), all float32, channels in BGR order (frames decode as OpenCV would).
 
@@ -12,7 +12,7 @@ resuming give the same batches):
 - TRAIN (and TEST with test_stride 0): N videos per batch from a cyclic order over the list
   (a fresh permutation every epoch with `shuffle`, list order without), a batch crossing the
   end of an epoch taking the start of the next; one clip per video with LRCN's sampling
-  (tasks.activity.clips.sample_clip: start frame uniform over the starts that fit, crop offset
+  (lrcn_apps.activity.clips.sample_clip: start frame uniform over the starts that fit, crop offset
   uniform, mirror coin, drawn in that order from the batch's generator).
 - TEST with test_stride > 0: every video's consecutive clips (starts 0, s, 2s, ... and the
   last clip ending on the last frame: clips.evaluation_clip_starts), videos in list order,
@@ -42,8 +42,8 @@ from runtime import prefetch, sharding
 from runtime.layers.base import CaffeLayer
 from runtime.layers.registry import register
 from runtime.transform import decode_image, load_mean_file, resize_bilinear
-from tasks.activity import video_shapes
-from tasks.activity.clips import (ClipSample, clip_frame_indices, clip_markers,
+from lrcn_apps.activity import video_shapes
+from lrcn_apps.activity.clips import (ClipSample, clip_frame_indices, clip_markers,
                                   evaluation_clip_starts, sample_clip)
 
 # Purposes of the layer's random streams: prefetch.batch_rng(seed, purpose, index...).

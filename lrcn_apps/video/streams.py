@@ -21,7 +21,7 @@ encoder-decoder streams cont_img, cont_sen, encoder_to_decoder, inv_stage_indica
 cont / buffer_size, which no S2VT net reads).
 
 Mean-pool (vsubhashini/caffe@recurrent examples/youtube/poolmean.prototxt): the sentence
-streams are LRCN's aligned caption layout (tasks.caption.streams, T_words steps per batch) and
+streams are LRCN's aligned caption layout (lrcn_apps.caption.streams, T_words steps per batch) and
 ``mean_fc7`` (the mean of the video's frame features) lives in its own file list, one row per
 stream: HDF5Data with ``batch_size: N`` reads rows b*N .. b*N + N - 1, the videos of batch b.
 """
@@ -31,7 +31,7 @@ import os
 import h5py
 import numpy as np
 
-from tasks.caption import streams as caption_streams
+from lrcn_apps.caption import streams as caption_streams
 
 S2VT_STREAMS = ("cont_sentence", "input_sentence", "target_sentence", "stage_indicator")
 FRAMES = "frame_fc7"

@@ -26,8 +26,8 @@ from compiler import data_shapes, data_sources
 from compiler.errors import CompileError
 from compiler.graph import declare_blob_counts
 from compiler.shapes import LayerShapes, shape_rule
-from tasks.activity.errors import ActivityError
-from tasks.activity.lists import VideoListEntry, frame_file_name, read_video_list
+from lrcn_apps.activity.errors import ActivityError
+from lrcn_apps.activity.lists import VideoListEntry, frame_file_name, read_video_list
 
 LAYER_TYPE = "VideoData"
 CHANNELS = 3          # frames and flow images are always decoded as 3-channel BGR

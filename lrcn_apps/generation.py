@@ -41,8 +41,8 @@ from compiler.errors import CompileError
 from lrcn_proto import caffe_pb2
 from runtime import weights as weight_files
 from runtime.net import Net
-from tasks.caption.coco import DataError
-from tasks.caption.text import EOS_INDEX
+from lrcn_apps.caption.coco import DataError
+from lrcn_apps.caption.text import EOS_INDEX
 
 DEFAULT_MAX_LENGTH = 50
 DEFAULT_SEED = 1701

@@ -2,8 +2,8 @@
 captioning net (JD examples/coco_caption/retrieval_experiment.py; reference section 2).
 
 Every caption of a split is scored under every image of the split, log p(caption + EOS |
-image), by forced decoding with the deploy net (tasks.caption.generate.Captioner.score, many
-(caption, image) pairs per forward). The matrix goes to tasks.caption.metrics'
+image), by forced decoding with the deploy net (lrcn_apps.caption.generate.Captioner.score, many
+(caption, image) pairs per forward). The matrix goes to lrcn_apps.caption.metrics'
 retrieval_metrics, which normalises each caption's scores by log mean_i p(c | i) and reports
 R@1/5/10 and the median rank (1-indexed) in both directions.
 
@@ -23,9 +23,9 @@ import sys
 import numpy as np
 import torch
 
-from tasks.caption import metrics
-from tasks.caption.coco import DataError, load_caption_set
-from tasks.caption.generate import (ImageItem, add_model_arguments, captioner_from,
+from lrcn_apps.caption import metrics
+from lrcn_apps.caption.coco import DataError, load_caption_set
+from lrcn_apps.caption.generate import (ImageItem, add_model_arguments, captioner_from,
                                     check_positive)
 
 PROGRAM = "lrcn-caption-retrieval"

@@ -14,7 +14,7 @@ nets/video_tacos_deploy.prototxt). Its inputs say how a video enters:
   for the TACoS-style decoders) is the LSTMs' static input at every word step; the first word
   step feeds cont 0 and word 0, as lrcn-caption does.
 
-Decoding (greedy, beam search, sampling) is tasks.generation's, shared with lrcn-caption.
+Decoding (greedy, beam search, sampling) is lrcn_apps.generation's, shared with lrcn-caption.
 """
 
 import argparse
@@ -27,13 +27,13 @@ import torch
 
 import compiler
 from compiler.errors import CompileError
-from tasks.caption.coco import DataError, load_json
-from tasks.caption.generate import check_positive, device_from, write_output
-from tasks.caption.text import Vocabulary, VocabularyError
-from tasks.generation import (StepDecoder, add_decoding_arguments, build_step_net,
+from lrcn_apps.caption.coco import DataError, load_json
+from lrcn_apps.caption.generate import check_positive, device_from, write_output
+from lrcn_apps.caption.text import Vocabulary, VocabularyError
+from lrcn_apps.generation import (StepDecoder, add_decoding_arguments, build_step_net,
                               check_decoding_arguments, decode_batch, describe, load_weights)
-from tasks.video.features import FrameFeatures, find_video, read_features, read_frames
-from tasks.video.sentences import video_numbers
+from lrcn_apps.video.features import FrameFeatures, find_video, read_features, read_frames
+from lrcn_apps.video.sentences import video_numbers
 
 PROGRAM = "lrcn-describe"
 DEFAULT_NET = "nets/s2vt_deploy.prototxt"

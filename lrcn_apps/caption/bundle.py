@@ -34,8 +34,8 @@ from compiler.errors import CompileError
 from compiler.extras import MissingExtra, require
 from lrcn_proto import caffe_pb2
 from runtime import transform as image_transform
-from tasks.caption.coco import DataError
-from tasks.caption.text import EOS_INDEX, Vocabulary, VocabularyError
+from lrcn_apps.caption.coco import DataError
+from lrcn_apps.caption.text import EOS_INDEX, Vocabulary, VocabularyError
 
 FORMAT = "lrcn-caption-bundle/1"
 MANIFEST, PREPROCESS, VOCABULARY = "bundle.json", "preprocess.json", "vocabulary.txt"
@@ -62,7 +62,7 @@ exit status: 0 success, 1 a problem with an input file or the bundle, 2 bad usag
 # ------------------------------------------------------------------------------ export
 
 def export_bundle(captioner, directory, opset=None):
-    """Write `captioner` (a tasks.caption.generate.Captioner) as a bundle into `directory`,
+    """Write `captioner` (a lrcn_apps.caption.generate.Captioner) as a bundle into `directory`,
     which must not exist yet; it appears complete or not at all."""
     from runtime import onnx_export as ox
     if os.path.lexists(directory):
@@ -111,7 +111,7 @@ def _preprocess(captioner, staging):
 
 
 def _manifest(captioner):
-    from tasks.caption import generate
+    from lrcn_apps.caption import generate
     return {
         "format": FORMAT,
         "stages": list(captioner.stages),
@@ -143,7 +143,7 @@ class BundleCaptioner:
     def __init__(self, directory):
         from google.protobuf import json_format
 
-        from tasks.caption.onnx_decode import OnnxGreedyCaptioner
+        from lrcn_apps.caption.onnx_decode import OnnxGreedyCaptioner
         manifest = _read_json(directory, MANIFEST)
         if manifest.get("format") != FORMAT:
             raise DataError("%s: not an lrcn caption bundle (format %r, expected %r)"
@@ -201,7 +201,7 @@ def _read_json(directory, name):
 # ------------------------------------------------------------------------------ command lines
 
 def export_main(argv=None):
-    from tasks.caption import generate
+    from lrcn_apps.caption import generate
     parser = argparse.ArgumentParser(
         prog="lrcn-caption-bundle", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Export a trained captioner as an ONNX bundle that captions without "
@@ -228,7 +228,7 @@ def export_main(argv=None):
 
 
 def run_main(argv=None):
-    from tasks.caption import generate
+    from lrcn_apps.caption import generate
     parser = argparse.ArgumentParser(
         prog="lrcn-caption-onnx", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Greedy captions from a bundle written by lrcn-caption-bundle, with "

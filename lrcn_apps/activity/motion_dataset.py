@@ -24,7 +24,7 @@ trainlist01.txt (groups 04-10, `Class/v_....avi label` with 0-based labels, LRCN
 testlist01.txt (groups 01-03, `Class/v_....avi` without labels, UCF-101's form: labels come
 from classInd.txt). Regenerate with
 
-    python -m tasks.activity.motion_dataset --out data/activity_motion --overwrite
+    python -m lrcn_apps.activity.motion_dataset --out data/activity_motion --overwrite
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ import numpy as np
 
 from compiler.extras import MissingExtra, require
 
-from tasks.activity.errors import ActivityError
+from lrcn_apps.activity.errors import ActivityError
 
 FRAME_SIZE = (32, 32)
 SQUARE_SIZE = 6
@@ -191,7 +191,7 @@ def write_dataset(out: str | os.PathLike, seed: int = 0, num_groups: int = NUM_G
     an interrupted run leaves the previous dataset (or nothing) rather than half a tree. Other
     files in `out` (README.md) are left alone.
     """
-    from tasks.activity.video_io import write_video
+    from lrcn_apps.activity.video_io import write_video
 
     out = Path(out)
     existing = [name for name in DATASET_ENTRIES if (out / name).exists()]
@@ -242,9 +242,9 @@ def replace_path(source: Path, target: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m tasks.activity.motion_dataset",
+        prog="python -m lrcn_apps.activity.motion_dataset",
         description="Write the synthetic motion-only activity dataset (UCF-101 layout).",
-        epilog="example:\n  python -m tasks.activity.motion_dataset --out data/activity_motion "
+        epilog="example:\n  python -m lrcn_apps.activity.motion_dataset --out data/activity_motion "
                "--overwrite",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="dataset folder (videos/ and lists go here)")
