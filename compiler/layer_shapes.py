@@ -1,4 +1,4 @@
-"""Shape rules for the compute layers: one `@shape_rule` function per Caffe layer type.
+"""Declarations of the compute layers: one `@declare`d shape rule per Caffe layer type.
 
 Each rule does what the layer's LayerSetUp() + Reshape() do in BVLC Caffe (src/caffe/layers/
 <name>_layer.cpp): the same axis canonicalisation, the same blob-count and shape checks (raised
@@ -15,7 +15,7 @@ FLOP convention (LayerShapes.flops, forward pass only, a count of float operatio
 - InnerProduct: 2 * M * K * N (+ M * N for the bias). Embed: M * N for the bias only.
 - Pooling: prod(kernel) per output element (a compare or an add per window element).
 - LRN: local_size (ACROSS_CHANNELS) or local_size^2 (WITHIN_CHANNEL) + 5 per element.
-- Elementwise layers: _ELEMENTWISE_FLOPS[type] per element (the operations in Caffe's formula).
+- Elementwise layers: the operations in Caffe's formula, per element (stated in each rule).
 - Softmax: 3 per element (exp, sum, divide). Loss layers: their elementwise work plus softmax
   where Caffe runs one; Accuracy / ArgMax: one compare per score.
 - LSTM: x transform 2 * T * N * 4H * D + bias T * N * 4H; static transform 2 * N * 4H * Ds once
@@ -29,25 +29,9 @@ import math
 from lrcn_proto import caffe_pb2
 
 from .errors import CompileError
-from .shapes import LayerShapes, count, shape_rule
-
-# Per-element FLOPs of the elementwise (Caffe "neuron") layers; see the module docstring.
-_ELEMENTWISE_FLOPS = {
-    "ReLU": 1,          # max(x, 0); a negative_slope adds a multiply (see relu_rule)
-    "PReLU": 2,         # max(x, 0) + a * min(x, 0)
-    "ELU": 3,           # alpha * (exp(x) - 1) on the negative side
-    "Sigmoid": 3,       # 1 / (1 + exp(-x))
-    "TanH": 1,
-    "AbsVal": 1,
-    "Power": 3,         # (shift + scale * x) ^ power
-    "Exp": 3,           # base ^ (shift + scale * x)
-    "Log": 3,           # log_base(shift + scale * x)
-    "BNLL": 3,          # log(1 + exp(x))
-    "Threshold": 1,
-    "Clip": 2,          # max(min(x, max), min)
-    "Swish": 5,         # x * sigmoid(beta * x)
-    "Dropout": 2,       # TRAIN: mask compare + scale; TEST is a copy (0)
-}
+from .layer_types import (FROZEN_BLOBS, LOSS, METRIC, NEURON, ONE_IN_ONE_OUT, RECURRENT, SINK,
+                          TIME_MAJOR_PASSTHROUGH, VALUE_PRESERVING, BlobCounts, declare, fixed)
+from .shapes import LayerShapes, count
 
 # Caffe's kDefaultStride / kDefaultPad / kDefaultDilation in base_conv_layer.cpp: the repeated
 # fields carry no proto default, the layer code supplies these.
@@ -99,25 +83,8 @@ def _plural(n, word):
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _range_text(low, high, word):
-    if high == low:
-        return _plural(low, word)
-    if high is None:
-        return f"at least {_plural(low, word)}"
-    return f"{low} to {high} {word}s"
-
-
-def _expect_blobs(layer, bottoms, bottom_range, top_range):
-    """Layer::CheckBlobCounts: bottom and top counts within [min, max] (max None: unbounded)."""
-    for what, have, (low, high) in (("bottom", len(bottoms), bottom_range),
-                                    ("top", len(layer.top), top_range)):
-        if have < low or (high is not None and have > high):
-            raise _error(layer, f"takes {_range_text(low, high, what)}, got {have}")
-
-
-def _expect_loss_blobs(layer, bottoms, bottom_range=(2, 2), top_range=(1, 1)):
-    """Loss layers' counts; a loss with no top is fine: Caffe adds one (AutoTopBlobs)."""
-    _expect_blobs(layer, bottoms, bottom_range, (0, top_range[1]))
+# A loss layer written without a top gets one from Caffe (AutoTopBlobs).
+_LOSS_COUNTS = BlobCounts(2, 2, 1, 1, auto_tops=True)
 
 
 def _check_not_in_place(layer):
@@ -155,51 +122,49 @@ def _check_label_count(layer, data, label, axis, what):
 # ---------------------------------------------------------------------------------------------
 
 def _elementwise(layer, bottoms, per_element):
-    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
     return LayerShapes([bottoms[0]], [], per_element * count(bottoms[0]))
 
 
-@shape_rule("ReLU")
+@declare("ReLU", counts=ONE_IN_ONE_OUT, traits={NEURON, TIME_MAJOR_PASSTHROUGH})
 def relu_rule(layer, bottoms, context):
     leaky = layer.relu_param.negative_slope != 0
-    return _elementwise(layer, bottoms, _ELEMENTWISE_FLOPS["ReLU"] + leaky)
+    return _elementwise(layer, bottoms, 1 + leaky)   # max(x, 0); a negative_slope adds a multiply
 
 
-@shape_rule("PReLU")
+@declare("PReLU", counts=ONE_IN_ONE_OUT, traits={NEURON, TIME_MAJOR_PASSTHROUGH})
 def prelu_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
     bottom = bottoms[0]
     if len(bottom) < 2:
         raise _error(layer, f"the bottom must have at least 2 axes, got {_shape_text(bottom)}")
     # channel_shared: one slope as a 0-axis (scalar) blob, as prelu_layer.cpp creates it.
     slope = () if layer.prelu_param.channel_shared else (_legacy_dim(layer, bottom, 1),)
-    return LayerShapes([bottom], [slope], _ELEMENTWISE_FLOPS["PReLU"] * count(bottom))
+    return LayerShapes([bottom], [slope], 2 * count(bottom))   # max(x, 0) + a * min(x, 0)
 
 
-@shape_rule("ELU")
+@declare("ELU", counts=ONE_IN_ONE_OUT, traits={NEURON, TIME_MAJOR_PASSTHROUGH})
 def elu_rule(layer, bottoms, context):
-    return _elementwise(layer, bottoms, _ELEMENTWISE_FLOPS["ELU"])
+    return _elementwise(layer, bottoms, 3)   # alpha * (exp(x) - 1) on the negative side
 
 
-@shape_rule("Sigmoid")
+@declare("Sigmoid", counts=ONE_IN_ONE_OUT, traits={NEURON, TIME_MAJOR_PASSTHROUGH})
 def sigmoid_rule(layer, bottoms, context):
-    return _elementwise(layer, bottoms, _ELEMENTWISE_FLOPS["Sigmoid"])
+    return _elementwise(layer, bottoms, 3)   # 1 / (1 + exp(-x))
 
 
-@shape_rule("TanH")
+@declare("TanH", counts=ONE_IN_ONE_OUT, traits={NEURON, TIME_MAJOR_PASSTHROUGH})
 def tanh_rule(layer, bottoms, context):
-    return _elementwise(layer, bottoms, _ELEMENTWISE_FLOPS["TanH"])
+    return _elementwise(layer, bottoms, 1)
 
 
-@shape_rule("AbsVal")
+@declare("AbsVal", counts=ONE_IN_ONE_OUT, traits={NEURON, TIME_MAJOR_PASSTHROUGH})
 def absval_rule(layer, bottoms, context):
     _check_not_in_place(layer)   # absval_layer.cpp: its backward needs the input
-    return _elementwise(layer, bottoms, _ELEMENTWISE_FLOPS["AbsVal"])
+    return _elementwise(layer, bottoms, 1)
 
 
-@shape_rule("Power")
+@declare("Power", counts=ONE_IN_ONE_OUT, traits={NEURON, TIME_MAJOR_PASSTHROUGH})
 def power_rule(layer, bottoms, context):
-    return _elementwise(layer, bottoms, _ELEMENTWISE_FLOPS["Power"])
+    return _elementwise(layer, bottoms, 3)   # (shift + scale * x) ^ power
 
 
 def _check_log_base(layer, param):
@@ -209,48 +174,49 @@ def _check_log_base(layer, param):
                      hint="use base: -1 for the natural base e")
 
 
-@shape_rule("Exp")
+@declare("Exp", counts=ONE_IN_ONE_OUT, traits={NEURON, TIME_MAJOR_PASSTHROUGH})
 def exp_rule(layer, bottoms, context):
     _check_log_base(layer, layer.exp_param)
-    return _elementwise(layer, bottoms, _ELEMENTWISE_FLOPS["Exp"])
+    return _elementwise(layer, bottoms, 3)   # base ^ (shift + scale * x)
 
 
-@shape_rule("Log")
+@declare("Log", counts=ONE_IN_ONE_OUT, traits={NEURON, TIME_MAJOR_PASSTHROUGH})
 def log_rule(layer, bottoms, context):
     _check_log_base(layer, layer.log_param)
-    return _elementwise(layer, bottoms, _ELEMENTWISE_FLOPS["Log"])
+    return _elementwise(layer, bottoms, 3)   # log_base(shift + scale * x)
 
 
-@shape_rule("BNLL")
+@declare("BNLL", counts=ONE_IN_ONE_OUT, traits={NEURON, TIME_MAJOR_PASSTHROUGH})
 def bnll_rule(layer, bottoms, context):
-    return _elementwise(layer, bottoms, _ELEMENTWISE_FLOPS["BNLL"])
+    return _elementwise(layer, bottoms, 3)   # log(1 + exp(x))
 
 
-@shape_rule("Threshold")
+@declare("Threshold", counts=ONE_IN_ONE_OUT, traits={NEURON, TIME_MAJOR_PASSTHROUGH})
 def threshold_rule(layer, bottoms, context):
-    return _elementwise(layer, bottoms, _ELEMENTWISE_FLOPS["Threshold"])
+    return _elementwise(layer, bottoms, 1)
 
 
-@shape_rule("Clip")
+@declare("Clip", counts=ONE_IN_ONE_OUT, traits={NEURON, TIME_MAJOR_PASSTHROUGH})
 def clip_rule(layer, bottoms, context):
     param = layer.clip_param
     if param.min > param.max:
         raise _error(layer, f"clip_param min ({param.min:g}) is above max ({param.max:g})")
-    return _elementwise(layer, bottoms, _ELEMENTWISE_FLOPS["Clip"])
+    return _elementwise(layer, bottoms, 2)   # max(min(x, max), min)
 
 
-@shape_rule("Swish")
+@declare("Swish", counts=ONE_IN_ONE_OUT, traits={NEURON, TIME_MAJOR_PASSTHROUGH})
 def swish_rule(layer, bottoms, context):
-    return _elementwise(layer, bottoms, _ELEMENTWISE_FLOPS["Swish"])
+    return _elementwise(layer, bottoms, 5)   # x * sigmoid(beta * x)
 
 
-@shape_rule("Dropout")
+@declare("Dropout", counts=ONE_IN_ONE_OUT,
+         traits={NEURON, TIME_MAJOR_PASSTHROUGH, VALUE_PRESERVING})
 def dropout_rule(layer, bottoms, context):
     ratio = layer.dropout_param.dropout_ratio
     # The TRAIN scale is 1 / (1 - ratio): a ratio of 1 or more has no meaning.
     if not 0 <= ratio < 1:
         raise _error(layer, f"dropout_ratio must be in [0, 1), got {ratio:g}")
-    per_element = _ELEMENTWISE_FLOPS["Dropout"] if context.phase == "TRAIN" else 0
+    per_element = 2 if context.phase == "TRAIN" else 0   # a mask compare and a scale; a copy
     return _elementwise(layer, bottoms, per_element)
 
 
@@ -336,7 +302,6 @@ def _conv_output_dims(layer, spatial_in, kernel, stride, pad, dilation, transpos
 
 
 def _convolution(layer, bottoms, transposed):
-    _expect_blobs(layer, bottoms, (1, None), (len(bottoms), len(bottoms)))
     bottom = bottoms[0]
     for i, other in enumerate(bottoms[1:], 1):
         if other != bottom:
@@ -362,12 +327,12 @@ def _convolution(layer, bottoms, transposed):
     return LayerShapes([top] * len(bottoms), params, len(bottoms) * (2 * macs + bias_flops))
 
 
-@shape_rule("Convolution")
+@declare("Convolution", counts=BlobCounts(1, None, 1, None, one_top_per_bottom=True))
 def convolution_rule(layer, bottoms, context):
     return _convolution(layer, bottoms, transposed=False)
 
 
-@shape_rule("Deconvolution")
+@declare("Deconvolution", counts=BlobCounts(1, None, 1, None, one_top_per_bottom=True))
 def deconvolution_rule(layer, bottoms, context):
     return _convolution(layer, bottoms, transposed=True)
 
@@ -419,11 +384,15 @@ def _pooled_size(size, kernel, pad, stride, ceil_mode, any_pad):
     return out
 
 
-@shape_rule("Pooling")
+def _pooling_counts(layer):
+    # A second top (the argmax mask) exists for MAX pooling only.
+    return BlobCounts(1, 1, 1, 2 if layer.pooling_param.pool == _POOL.MAX else 1)
+
+
+@declare("Pooling", counts=_pooling_counts)
 def pooling_rule(layer, bottoms, context):
     param = layer.pooling_param
     # A second top (the argmax mask) exists for MAX pooling only.
-    _expect_blobs(layer, bottoms, (1, 1), (1, 2 if param.pool == _POOL.MAX else 1))
     bottom = bottoms[0]
     if len(bottom) != 4:
         raise _error(layer, f"input must have 4 axes (num, channels, height, width), got "
@@ -461,9 +430,8 @@ def pooling_rule(layer, bottoms, context):
     return LayerShapes([top] * len(layer.top), [], count(top) * kernel[0] * kernel[1])
 
 
-@shape_rule("LRN")
+@declare("LRN", counts=ONE_IN_ONE_OUT)
 def lrn_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
     param = layer.lrn_param
     if param.local_size % 2 != 1:
         raise _error(layer, f"LRN only supports odd values for local_size, got "
@@ -481,9 +449,8 @@ def lrn_rule(layer, bottoms, context):
 # InnerProduct and Embed
 # ---------------------------------------------------------------------------------------------
 
-@shape_rule("InnerProduct")
+@declare("InnerProduct", counts=ONE_IN_ONE_OUT)
 def inner_product_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
     param, bottom = layer.inner_product_param, bottoms[0]
     if param.num_output <= 0:
         raise _error(layer, "num_output must be positive",
@@ -497,9 +464,8 @@ def inner_product_rule(layer, bottoms, context):
     return LayerShapes([bottom[:axis] + (outputs,)], params, flops)
 
 
-@shape_rule("Embed")
+@declare("Embed", counts=ONE_IN_ONE_OUT, traits={TIME_MAJOR_PASSTHROUGH})
 def embed_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
     param, bottom = layer.embed_param, bottoms[0]
     if param.num_output <= 0:
         raise _error(layer, "num_output must be positive",
@@ -549,9 +515,8 @@ def _reshape_range(layer, bottom):
     return start, end
 
 
-@shape_rule("Reshape")
+@declare("Reshape", counts=ONE_IN_ONE_OUT, traits={VALUE_PRESERVING})
 def reshape_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
     bottom = bottoms[0]
     dims, copy_axes, inferred = _reshape_spec(layer)
     start, end = _reshape_range(layer, bottom)
@@ -575,9 +540,8 @@ def reshape_rule(layer, bottoms, context):
     return LayerShapes([tuple(top)])
 
 
-@shape_rule("Flatten")
+@declare("Flatten", counts=ONE_IN_ONE_OUT, traits={VALUE_PRESERVING})
 def flatten_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
     _check_not_in_place(layer)
     bottom, param = bottoms[0], layer.flatten_param
     start = _axis(layer, bottom, param.axis)
@@ -596,9 +560,8 @@ def _legacy_dim_axis(layer, shape, value, field):
     return value
 
 
-@shape_rule("Slice")
+@declare("Slice", counts=BlobCounts(1, 1, 1, None), traits={VALUE_PRESERVING})
 def slice_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 1), (1, None))
     param, bottom, num_tops = layer.slice_param, bottoms[0], len(layer.top)
     if param.HasField("slice_dim"):
         axis = _legacy_dim_axis(layer, bottom, param.slice_dim, "slice_dim")
@@ -625,9 +588,8 @@ def slice_rule(layer, bottoms, context):
     return LayerShapes([bottom[:axis] + (s,) + bottom[axis + 1:] for s in sizes])
 
 
-@shape_rule("Concat")
+@declare("Concat", counts=BlobCounts(1, None, 1, 1), traits={VALUE_PRESERVING})
 def concat_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, None), (1, 1))
     param, first = layer.concat_param, bottoms[0]
     if param.HasField("concat_dim"):
         axis = _legacy_dim_axis(layer, first, param.concat_dim, "concat_dim")
@@ -644,22 +606,20 @@ def concat_rule(layer, bottoms, context):
     return LayerShapes([first[:axis] + (total,) + first[axis + 1:]])
 
 
-@shape_rule("Split")
+@declare("Split", counts=BlobCounts(1, 1, 1, None),
+         traits={TIME_MAJOR_PASSTHROUGH, VALUE_PRESERVING})
 def split_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 1), (1, None))
     _check_not_in_place(layer)
     return LayerShapes([bottoms[0]] * len(layer.top))
 
 
-@shape_rule("Silence")
+@declare("Silence", counts=BlobCounts(1, None, 0, 0), traits={SINK})
 def silence_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, None), (0, 0))
     return LayerShapes([])
 
 
-@shape_rule("Tile")
+@declare("Tile", counts=ONE_IN_ONE_OUT)
 def tile_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
     param, bottom = layer.tile_param, bottoms[0]
     axis = _axis(layer, bottom, param.axis)
     if not param.HasField("tiles"):
@@ -671,9 +631,8 @@ def tile_rule(layer, bottoms, context):
     return LayerShapes([top])
 
 
-@shape_rule("Crop")
+@declare("Crop", counts=fixed(2, 1))
 def crop_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (2, 2), (1, 1))
     data, reference = bottoms
     param = layer.crop_param
     start = _axis(layer, data, param.axis)
@@ -711,9 +670,8 @@ def _check_coeff_blob(layer, first, coeffs, num_inputs):
                             f"axis i - 1 of the input {_shape_text(first)}")
 
 
-@shape_rule("Eltwise")
+@declare("Eltwise", counts=BlobCounts(2, None, 1, 1), traits={TIME_MAJOR_PASSTHROUGH})
 def eltwise_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (2, None), (1, 1))
     param, first = layer.eltwise_param, bottoms[0]
     is_sum = param.operation == _ELTWISE.SUM
     if param.coeff_blob and not is_sum:
@@ -773,17 +731,15 @@ def _broadcast_operand(layer, bottoms, axis_field, num_axes, what):
     return operand, learned
 
 
-@shape_rule("Bias")
+@declare("Bias", counts=BlobCounts(1, 2, 1, 1), traits={TIME_MAJOR_PASSTHROUGH})
 def bias_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 2), (1, 1))
     param = layer.bias_param
     bias, learned = _broadcast_operand(layer, bottoms, param.axis, param.num_axes, "bias")
     return LayerShapes([bottoms[0]], [bias] if learned else [], count(bottoms[0]))
 
 
-@shape_rule("Scale")
+@declare("Scale", counts=BlobCounts(1, 2, 1, 1), traits={TIME_MAJOR_PASSTHROUGH})
 def scale_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 2), (1, 1))
     param, bottom = layer.scale_param, bottoms[0]
     scale, learned = _broadcast_operand(layer, bottoms, param.axis, param.num_axes, "scale")
     params = [scale] if learned else []
@@ -798,9 +754,8 @@ def scale_rule(layer, bottoms, context):
     return LayerShapes([bottom], params, flops)
 
 
-@shape_rule("BatchNorm")
+@declare("BatchNorm", counts=ONE_IN_ONE_OUT, traits={FROZEN_BLOBS})
 def batch_norm_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
     bottom, param = bottoms[0], layer.batch_norm_param
     if len(bottom) < 2:
         # batch_norm_layer.cpp reads shape(1) in Reshape, which fails below 2 axes.
@@ -815,9 +770,8 @@ def batch_norm_rule(layer, bottoms, context):
     return LayerShapes([bottom], [(channels,), (channels,), (1,)], per_element * count(bottom))
 
 
-@shape_rule("MVN")
+@declare("MVN", counts=ONE_IN_ONE_OUT)
 def mvn_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
     bottom = bottoms[0]
     _legacy_dim(layer, bottom, 0)   # mvn_layer.cpp shapes its statistics as num x channels
     per_element = 5 if layer.mvn_param.normalize_variance else 2
@@ -828,16 +782,14 @@ def mvn_rule(layer, bottoms, context):
 # Softmax, ArgMax, Reduction
 # ---------------------------------------------------------------------------------------------
 
-@shape_rule("Softmax")
+@declare("Softmax", counts=ONE_IN_ONE_OUT)
 def softmax_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
     _axis(layer, bottoms[0], layer.softmax_param.axis)
     return LayerShapes([bottoms[0]], [], 3 * count(bottoms[0]))
 
 
-@shape_rule("ArgMax")
+@declare("ArgMax", counts=ONE_IN_ONE_OUT)
 def argmax_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
     param, bottom = layer.argmax_param, bottoms[0]
     if param.top_k < 1:
         raise _error(layer, "top_k must not be less than 1")
@@ -859,9 +811,8 @@ def argmax_rule(layer, bottoms, context):
     return LayerShapes([top], [], count(bottom))
 
 
-@shape_rule("Reduction")
+@declare("Reduction", counts=ONE_IN_ONE_OUT)
 def reduction_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
     param, bottom = layer.reduction_param, bottoms[0]
     axis = _axis(layer, bottom, param.axis)
     # The axes from `axis` on are all reduced (Caffe reduces tails only); axis 0 gives a scalar.
@@ -874,9 +825,8 @@ def reduction_rule(layer, bottoms, context):
 # Losses and Accuracy (the loss top is a scalar: shape ())
 # ---------------------------------------------------------------------------------------------
 
-@shape_rule("SoftmaxWithLoss")
+@declare("SoftmaxWithLoss", counts=BlobCounts(2, 2, 1, 2, auto_tops=True), traits={LOSS})
 def softmax_loss_rule(layer, bottoms, context):
-    _expect_loss_blobs(layer, bottoms, top_range=(1, 2))
     _check_loss_first_dims(layer, bottoms)
     data, label = bottoms
     axis = _axis(layer, data, layer.softmax_param.axis)
@@ -885,9 +835,8 @@ def softmax_loss_rule(layer, bottoms, context):
     return LayerShapes([(), data], [], 3 * count(data) + 2 * outer * inner)
 
 
-@shape_rule("SigmoidCrossEntropyLoss")
+@declare("SigmoidCrossEntropyLoss", counts=_LOSS_COUNTS, traits={LOSS})
 def sigmoid_cross_entropy_loss_rule(layer, bottoms, context):
-    _expect_loss_blobs(layer, bottoms)
     _check_loss_first_dims(layer, bottoms)
     scores, targets = bottoms
     if count(scores) != count(targets):
@@ -897,9 +846,8 @@ def sigmoid_cross_entropy_loss_rule(layer, bottoms, context):
     return LayerShapes([()], [], 9 * count(scores))
 
 
-@shape_rule("EuclideanLoss")
+@declare("EuclideanLoss", counts=_LOSS_COUNTS, traits={LOSS})
 def euclidean_loss_rule(layer, bottoms, context):
-    _expect_loss_blobs(layer, bottoms)
     _check_loss_first_dims(layer, bottoms)
     a, b = bottoms
     if _span(a, 1) != _span(b, 1):
@@ -908,17 +856,15 @@ def euclidean_loss_rule(layer, bottoms, context):
     return LayerShapes([()], [], 3 * count(a))   # subtract, square, sum
 
 
-@shape_rule("HingeLoss")
+@declare("HingeLoss", counts=_LOSS_COUNTS, traits={LOSS})
 def hinge_loss_rule(layer, bottoms, context):
-    _expect_loss_blobs(layer, bottoms)
     _check_loss_first_dims(layer, bottoms)
     squared = layer.hinge_loss_param.norm == _HINGE.L2
     return LayerShapes([()], [], (3 + squared) * count(bottoms[0]))
 
 
-@shape_rule("InfogainLoss")
+@declare("InfogainLoss", counts=BlobCounts(2, 3, 1, 2, auto_tops=True), traits={LOSS})
 def infogain_loss_rule(layer, bottoms, context):
-    _expect_loss_blobs(layer, bottoms, bottom_range=(2, 3), top_range=(1, 2))
     _check_loss_first_dims(layer, bottoms)
     data, label = bottoms[0], bottoms[1]
     axis = _axis(layer, data, layer.infogain_loss_param.axis)
@@ -934,9 +880,8 @@ def infogain_loss_rule(layer, bottoms, context):
     return LayerShapes([(), data], [], 6 * count(data))
 
 
-@shape_rule("MultinomialLogisticLoss")
+@declare("MultinomialLogisticLoss", counts=_LOSS_COUNTS, traits={LOSS})
 def multinomial_logistic_loss_rule(layer, bottoms, context):
-    _expect_loss_blobs(layer, bottoms)
     _check_loss_first_dims(layer, bottoms)
     label = bottoms[1]
     if any(_legacy_dim(layer, label, i) != 1 for i in (1, 2, 3)):
@@ -945,9 +890,8 @@ def multinomial_logistic_loss_rule(layer, bottoms, context):
     return LayerShapes([()], [], 2 * label[0])
 
 
-@shape_rule("ContrastiveLoss")
+@declare("ContrastiveLoss", counts=BlobCounts(3, 3, 1, 1, auto_tops=True), traits={LOSS})
 def contrastive_loss_rule(layer, bottoms, context):
-    _expect_loss_blobs(layer, bottoms, bottom_range=(3, 3))
     a, b, similar = bottoms
     if _legacy_dim(layer, a, 1) != _legacy_dim(layer, b, 1):
         raise _error(layer, f"the two feature bottoms must have the same channels: "
@@ -960,9 +904,8 @@ def contrastive_loss_rule(layer, bottoms, context):
     return LayerShapes([()], [], 3 * count(a))
 
 
-@shape_rule("Accuracy")
+@declare("Accuracy", counts=BlobCounts(2, 2, 1, 2), traits={METRIC})
 def accuracy_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (2, 2), (1, 2))
     param = layer.accuracy_param
     scores, label = bottoms
     if count(label) == 0 or param.top_k > count(scores) // count(label):
@@ -985,9 +928,8 @@ def _blob_shape(layer, blob_shape, what):
     return dims
 
 
-@shape_rule("Input")
+@declare("Input", counts=BlobCounts(0, 0, 1, None))
 def input_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (0, 0), (1, None))
     shapes = layer.input_param.shape
     num_tops = len(layer.top)
     if len(shapes) not in (0, 1, num_tops):
@@ -1001,9 +943,8 @@ def input_rule(layer, bottoms, context):
     return LayerShapes(tops)
 
 
-@shape_rule("Parameter")
+@declare("Parameter", counts=fixed(0, 1))
 def parameter_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (0, 0), (1, 1))
     shape = _blob_shape(layer, layer.parameter_param.shape, "parameter shape")
     return LayerShapes([shape], [shape])
 
@@ -1020,7 +961,6 @@ def _recurrent_inputs(layer, bottoms, num_states):
     """
     param = layer.recurrent_param
     exposed = num_states if param.expose_hidden else 0
-    _expect_blobs(layer, bottoms, (2 + exposed, 3 + exposed), (1 + exposed, 1 + exposed))
     hidden = param.num_output
     if hidden <= 0:
         raise _error(layer, "num_output must be positive",
@@ -1052,6 +992,15 @@ def _recurrent_inputs(layer, bottoms, num_states):
     return steps, streams, hidden, _span(x, 2), static_dim, exposed
 
 
+def _recurrent_counts(num_states):
+    """x, cont, an optional x_static and, with expose_hidden, the initial states as bottoms;
+    the output and, with expose_hidden, the final states as tops."""
+    def counts(layer):
+        exposed = num_states if layer.recurrent_param.expose_hidden else 0
+        return BlobCounts(2 + exposed, 3 + exposed, 1 + exposed, 1 + exposed)
+    return counts
+
+
 def _lstm_flops(steps, streams, hidden, input_dim, static_dim):
     gates = 4 * hidden
     flops = 2 * steps * streams * gates * input_dim + steps * streams * gates   # W_xc x + b_c
@@ -1081,7 +1030,7 @@ def _rnn_flops(steps, streams, hidden, input_dim, static_dim):
     return flops + steps * per_step
 
 
-@shape_rule("LSTM")
+@declare("LSTM", counts=_recurrent_counts(2), traits={RECURRENT})
 def lstm_rule(layer, bottoms, context):
     steps, streams, hidden, input_dim, static_dim, exposed = _recurrent_inputs(layer, bottoms, 2)
     gates = 4 * hidden   # packed [i | f | o | g]
@@ -1093,7 +1042,7 @@ def lstm_rule(layer, bottoms, context):
     return LayerShapes(tops, params, _lstm_flops(steps, streams, hidden, input_dim, static_dim))
 
 
-@shape_rule("RNN")
+@declare("RNN", counts=_recurrent_counts(1), traits={RECURRENT})
 def rnn_rule(layer, bottoms, context):
     steps, streams, hidden, input_dim, static_dim, exposed = _recurrent_inputs(layer, bottoms, 1)
     params = [(hidden, input_dim), (hidden,)]          # W_xh, b_h
@@ -1104,9 +1053,8 @@ def rnn_rule(layer, bottoms, context):
     return LayerShapes(tops, params, _rnn_flops(steps, streams, hidden, input_dim, static_dim))
 
 
-@shape_rule("LSTMUnit")
+@declare("LSTMUnit", counts=fixed(3, 2))
 def lstm_unit_rule(layer, bottoms, context):
-    _expect_blobs(layer, bottoms, (3, 3), (2, 2))
     c_prev, gates, cont = bottoms
     streams = c_prev[1] if len(c_prev) == 3 else None
     expected = (("c_prev (bottom 0)", c_prev, 3), ("gate input (bottom 1)", gates, 3),

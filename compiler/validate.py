@@ -18,6 +18,7 @@ import os
 from lrcn_proto import caffe_pb2
 
 from .errors import CompileError, raise_all
+from .layer_types import RECURRENT, has_trait
 from .upgrade import SOLVER_TYPES, upgrade
 
 # Learning-rate policies of SGDSolver::GetLearningRate and the fields each one reads, with the
@@ -200,9 +201,6 @@ def _filler_problem(filler, shapes):
     return None
 
 
-_RECURRENT_TYPES = ("LSTM", "RNN")
-
-
 def _fillers_with_shapes(layer, param_shapes, top_shapes):
     """(field path, FillerParameter, [shapes it fills]) for every filler the layer sets."""
     params = list(param_shapes or [])
@@ -227,7 +225,7 @@ def _filler_holders(layer):
 
 def _filled_params(layer, field_name, params):
     bias = field_name == "bias_filler"
-    if layer.type in _RECURRENT_TYPES:
+    if has_trait(layer.type, RECURRENT):
         # Blob order W_xc, b_c, [W_xc_static], W_hc: weight_filler fills every matrix.
         return [s for i, s in enumerate(params) if (i == 1) == bias]
     index = 1 if bias else 0

@@ -45,6 +45,8 @@ from onnx import TensorProto, helper, numpy_helper
 import compiler
 from compiler.errors import CompileError
 from compiler.extras import require
+from compiler.layer_types import (LOSS, METRIC, RECURRENT, SINK, TIME_MAJOR_PASSTHROUGH,
+                                  VALUE_PRESERVING, has_trait)
 from lrcn_proto import caffe_pb2
 
 DEFAULT_OPSET = 17
@@ -59,9 +61,6 @@ BATCH_DIM = "N"
 # Caffe's -FLT_MAX: what MAX pooling pads with and yields for a window holding no input.
 _NEG_FLT_MAX = float(np.finfo(np.float32).min)
 
-_SINK_TYPES = ("Silence", "HDF5Output")
-_METRIC_TYPES = ("Accuracy",)
-_RECURRENT_TYPES = ("LSTM", "RNN")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,11 +79,11 @@ def _is_data_layer(layer):
 
 
 def _is_dropped_type(layer):
-    if layer.type in _SINK_TYPES:
+    if has_trait(layer.type, SINK):
         return "sink layer"
-    if layer.type in _METRIC_TYPES:
+    if has_trait(layer.type, METRIC):
         return "metric layer"
-    if layer.type.endswith("Loss") or any(w != 0 for w in layer.loss_weights):
+    if has_trait(layer.type, LOSS) or any(w != 0 for w in layer.loss_weights):
         return "loss layer"
     return None
 
@@ -478,7 +477,7 @@ def export_model(net, opset=DEFAULT_OPSET, step=False, dynamic=None, doc_string=
     value_of = _value_names(compiled)
     graph = _Graph(opset, value_of.values())
     step_states = {} if step else None
-    if step and not any(layer.type in _RECURRENT_TYPES
+    if step and not any(has_trait(layer.type, RECURRENT)
                         and not layer.param.recurrent_param.expose_hidden
                         for layer in compiled.layers):
         raise CompileError("--step: the net has no LSTM / RNN layer that carries state between "
@@ -553,25 +552,20 @@ class _State:
 # Dynamic batch
 
 
-_TIME_MAJOR_PASSTHROUGH = ("Embed", "Dropout", "Split", "ReLU", "PReLU", "ELU", "Sigmoid",
-                           "TanH", "AbsVal", "Power", "Exp", "Log", "BNLL", "Threshold", "Swish",
-                           "Clip", "Scale", "Bias", "Eltwise")
-
-
 def _time_major_inputs(compiled):
     """Input blobs laid out (T, N, ...): read as x or cont by an LSTM / RNN, or by LSTMUnit
     (1, N, ...), directly or through layers that keep the leading axes (element-wise layers,
     Embed, InnerProduct / Concat / Slice on axis >= 2)."""
     marked = set()
     for layer in compiled.layers:
-        if layer.type in _RECURRENT_TYPES:
+        if has_trait(layer.type, RECURRENT):
             marked.update(layer.bottoms[:2])
         elif layer.type == "LSTMUnit":
             marked.update(layer.bottoms)
     for layer in reversed(compiled.layers):
         if not marked.intersection(layer.tops):
             continue
-        if layer.type in _TIME_MAJOR_PASSTHROUGH or (
+        if has_trait(layer.type, TIME_MAJOR_PASSTHROUGH) or (
                 layer.type in ("InnerProduct", "Concat", "Slice") and _layer_axis(layer) >= 2):
             marked.update(layer.bottoms)
     return {name for name in compiled.inputs if name in marked}
@@ -687,7 +681,7 @@ def batch_axes(compiled):
                 dynamic.axes[version] = axis
                 dynamic.labels[version] = _size_label(
                     shape[axis], other.blobs[version][axis] - shape[axis], batch)
-        if layer.type in _RECURRENT_TYPES and dynamic.axis(layer.bottoms[0]) == 0:
+        if has_trait(layer.type, RECURRENT) and dynamic.axis(layer.bottoms[0]) == 0:
             raise CompileError(f"--dynamic-batch: layer '{layer.name}' ({layer.type}): the batch "
                                "axis found is its time axis T, which an unrolled export fixes",
                                *layer.location, hint="export without --dynamic-batch")
@@ -1473,10 +1467,6 @@ def _lstm_unit(ctx):
 RTOL = 1e-4
 
 
-# Layers through which a blob keeps its role (indices, cont markers) unchanged in value.
-_VALUE_PRESERVING = ("Reshape", "Flatten", "Split", "Slice", "Concat", "Dropout")
-
-
 def input_kinds(compiled):
     """{input blob: ("index", input_dim) | ("cont",) | ("real",)}, from how the net reads it:
     an Embed bottom holds indices, an LSTM / RNN bottom 1 (LSTMUnit bottom 2) cont markers;
@@ -1488,12 +1478,13 @@ def input_kinds(compiled):
             previous = roles.get(layer.bottoms[0], ("index", dim))
             roles[layer.bottoms[0]] = ("index", min(dim, previous[1]) if previous[0] == "index"
                                        else dim)
-        elif layer.type in _RECURRENT_TYPES:
+        elif has_trait(layer.type, RECURRENT):
             roles[layer.bottoms[1]] = ("cont",)
         elif layer.type == "LSTMUnit":
             roles[layer.bottoms[2]] = ("cont",)
     for layer in reversed(compiled.layers):
-        if layer.type not in _VALUE_PRESERVING:
+        # Through these a blob keeps its role (indices, cont markers) unchanged in value.
+        if not has_trait(layer.type, VALUE_PRESERVING):
             continue
         for top in layer.tops:
             if top in roles:

@@ -24,8 +24,8 @@ read what the script gives them) are listed in `Plan.unsharded` for the solver t
 from dataclasses import dataclass, field
 
 from compiler.errors import CompileError
+from compiler.layer_types import RECURRENT, has_trait
 
-RECURRENT_TYPES = ("LSTM", "RNN")
 SHARDED_TYPES = ("HDF5Data", "ImageData", "Data", "VideoData")
 # Layers a cont blob may pass through on its way from the data layer to the recurrent layer.
 _PASS_THROUGH = ("Reshape", "Split", "Flatten")
@@ -111,7 +111,7 @@ def plan(compiled, shard):
     producers = {top: layer for layer in compiled.layers for top in layer.tops}
     sources = set()
     for layer in compiled.layers:
-        if layer.type in RECURRENT_TYPES and len(layer.bottoms) > 1:
+        if has_trait(layer.type, RECURRENT) and len(layer.bottoms) > 1:
             source = _origin(producers, layer.bottoms[1])
             if source is not None and source.type == "HDF5Data":
                 sources.add(source.key)
