@@ -25,6 +25,7 @@ FLOP convention (LayerShapes.flops, forward pass only, a count of float operatio
 """
 
 import math
+from dataclasses import dataclass
 
 from lrcn_proto import caffe_pb2
 
@@ -301,6 +302,19 @@ def _conv_output_dims(layer, spatial_in, kernel, stride, pad, dilation, transpos
     return out
 
 
+@dataclass(frozen=True)
+class ConvolutionAttrs:
+    """A (de)convolution resolved: Caffe's defaults and the _h / _w spellings applied."""
+    axis: int                # the channel axis (canonical); axes before it are batch-like
+    kernel: tuple            # one value per spatial axis
+    stride: tuple
+    pad: tuple
+    dilation: tuple
+    group: int
+    num_output: int
+    bias_term: bool
+
+
 def _convolution(layer, bottoms, transposed):
     bottom = bottoms[0]
     for i, other in enumerate(bottoms[1:], 1):
@@ -324,7 +338,11 @@ def _convolution(layer, bottoms, transposed):
     else:
         macs = count(top) * (channels // group) * kernel_size
     bias_flops = count(top) if layer.convolution_param.bias_term else 0
-    return LayerShapes([top] * len(bottoms), params, len(bottoms) * (2 * macs + bias_flops))
+    attrs = ConvolutionAttrs(channel_axis, tuple(kernel), tuple(stride), tuple(pad),
+                             tuple(dilation), group, num_output,
+                             layer.convolution_param.bias_term)
+    return LayerShapes([top] * len(bottoms), params, len(bottoms) * (2 * macs + bias_flops),
+                       attrs)
 
 
 @declare("Convolution", counts=BlobCounts(1, None, 1, None, one_top_per_bottom=True))
@@ -384,6 +402,28 @@ def _pooled_size(size, kernel, pad, stride, ceil_mode, any_pad):
     return out
 
 
+@dataclass(frozen=True)
+class PoolingAttrs:
+    """A pooling layer resolved on its (N, C, H, W) bottom; pairs are (h, w)."""
+    method: int              # PoolingParameter.PoolMethod
+    kernel: tuple            # the input size with global_pooling
+    stride: tuple
+    pad: tuple
+    input_size: tuple
+    output_size: tuple       # Caffe's rule (ceil or floor, then the padding drop rule)
+    ave_divisors: tuple      # per axis, AVE's window size at each output position
+    with_mask: bool          # MAX pooling's second top (the argmax) is asked for
+
+
+def _ave_divisors(output, kernel, stride, pad, size):
+    """Caffe's AVE pool_size along one axis: window [start, min(start + k, size + pad)),
+    start = i * stride - pad. Padding counts; the ceil overhang past size + pad does not. A
+    window that starts past the end (Caffe divides 0 by <= 0 there) gets divisor 1, so its
+    output is 0 rather than Caffe's NaN / -0."""
+    return tuple(max(min(i * stride - pad + kernel, size + pad) - (i * stride - pad), 1)
+                 for i in range(output))
+
+
 def _pooling_counts(layer):
     # A second top (the argmax mask) exists for MAX pooling only.
     return BlobCounts(1, 1, 1, 2 if layer.pooling_param.pool == _POOL.MAX else 1)
@@ -427,7 +467,11 @@ def pooling_rule(layer, bottoms, context):
             raise _error(layer, f"the last pooling window in {axis_name} starts in the padding")
         out.append(dim)
     top = (num, channels, *out)
-    return LayerShapes([top] * len(layer.top), [], count(top) * kernel[0] * kernel[1])
+    attrs = PoolingAttrs(param.pool, tuple(kernel), tuple(stride), tuple(pad), (height, width),
+                         tuple(out), tuple(_ave_divisors(o, k, s, p, n) for o, k, s, p, n in
+                                           zip(out, kernel, stride, pad, (height, width))),
+                         len(layer.top) > 1)
+    return LayerShapes([top] * len(layer.top), [], count(top) * kernel[0] * kernel[1], attrs)
 
 
 @declare("LRN", counts=ONE_IN_ONE_OUT)
@@ -449,6 +493,14 @@ def lrn_rule(layer, bottoms, context):
 # InnerProduct and Embed
 # ---------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class InnerProductAttrs:
+    axis: int                # canonical: axes from it on are flattened into K
+    num_output: int
+    transpose: bool          # the weight is (K, N) rather than (N, K)
+    bias_term: bool
+
+
 @declare("InnerProduct", counts=ONE_IN_ONE_OUT)
 def inner_product_rule(layer, bottoms, context):
     param, bottom = layer.inner_product_param, bottoms[0]
@@ -461,7 +513,8 @@ def inner_product_rule(layer, bottoms, context):
     weight = (inputs, outputs) if param.transpose else (outputs, inputs)
     params = [weight] + ([(outputs,)] if param.bias_term else [])
     flops = 2 * rows * inputs * outputs + (rows * outputs if param.bias_term else 0)
-    return LayerShapes([bottom[:axis] + (outputs,)], params, flops)
+    attrs = InnerProductAttrs(axis, outputs, param.transpose, param.bias_term)
+    return LayerShapes([bottom[:axis] + (outputs,)], params, flops, attrs)
 
 
 @declare("Embed", counts=ONE_IN_ONE_OUT, traits={TIME_MAJOR_PASSTHROUGH})
@@ -515,6 +568,30 @@ def _reshape_range(layer, bottom):
     return start, end
 
 
+@dataclass(frozen=True)
+class AxisAttrs:
+    """The canonical axis (Blob::CanonicalAxisIndex, or a legacy *_dim) a layer works on."""
+    axis: int
+
+
+@dataclass(frozen=True)
+class FlattenAttrs:
+    start: int               # canonical axis and end_axis: start .. end (inclusive) merge
+    end: int
+
+
+@dataclass(frozen=True)
+class SliceAttrs:
+    axis: int
+    sizes: tuple             # each top's size along the axis (from slice_point or even parts)
+
+
+@dataclass(frozen=True)
+class CropAttrs:
+    axis: int
+    offsets: tuple           # one per cropped axis (axis .. last), Caffe's 0 / 1 / many rule
+
+
 @declare("Reshape", counts=ONE_IN_ONE_OUT, traits={VALUE_PRESERVING})
 def reshape_rule(layer, bottoms, context):
     bottom = bottoms[0]
@@ -549,7 +626,8 @@ def flatten_rule(layer, bottoms, context):
     if end < start:
         raise _error(layer, f"end_axis ({param.end_axis}) comes before axis ({param.axis}) on "
                             f"the bottom {_shape_text(bottom)}")
-    return LayerShapes([bottom[:start] + (_span(bottom, start, end + 1),) + bottom[end + 1:]])
+    return LayerShapes([bottom[:start] + (_span(bottom, start, end + 1),) + bottom[end + 1:]],
+                       attrs=FlattenAttrs(start, end))
 
 
 def _legacy_dim_axis(layer, shape, value, field):
@@ -585,7 +663,8 @@ def slice_rule(layer, bottoms, context):
                                 f"input slice axis ({size}, axis {axis} of "
                                 f"{_shape_text(bottom)})", hint="give slice_point values")
         sizes = [size // num_tops] * num_tops
-    return LayerShapes([bottom[:axis] + (s,) + bottom[axis + 1:] for s in sizes])
+    return LayerShapes([bottom[:axis] + (s,) + bottom[axis + 1:] for s in sizes],
+                       attrs=SliceAttrs(axis, tuple(sizes)))
 
 
 @declare("Concat", counts=BlobCounts(1, None, 1, 1), traits={VALUE_PRESERVING})
@@ -603,7 +682,7 @@ def concat_rule(layer, bottoms, context):
                                 f"{axis}: bottom 0 is {_shape_text(first)}, bottom {i} is "
                                 f"{_shape_text(other)}")
     total = sum(b[axis] for b in bottoms)
-    return LayerShapes([first[:axis] + (total,) + first[axis + 1:]])
+    return LayerShapes([first[:axis] + (total,) + first[axis + 1:]], attrs=AxisAttrs(axis))
 
 
 @declare("Split", counts=BlobCounts(1, 1, 1, None),
@@ -628,7 +707,7 @@ def tile_rule(layer, bottoms, context):
     if param.tiles <= 0:
         raise _error(layer, f"number of tiles must be positive, got {param.tiles}")
     top = bottom[:axis] + (bottom[axis] * param.tiles,) + bottom[axis + 1:]
-    return LayerShapes([top])
+    return LayerShapes([top], attrs=AxisAttrs(axis))
 
 
 @declare("Crop", counts=fixed(2, 1))
@@ -645,14 +724,15 @@ def crop_rule(layer, bottoms, context):
                             f"the data {_shape_text(data)}")
     # Axes before `axis` are kept; every axis from it on takes the reference's size (offset 0
     # when no offset is given).
-    top = list(data[:start])
+    top, resolved = list(data[:start]), []
     for i in range(start, len(data)):
         offset = offsets[0] if len(offsets) == 1 else (offsets[i - start] if offsets else 0)
+        resolved.append(offset)
         if data[i] - offset < reference[i]:
             raise _error(layer, f"the crop for dimension {i} is out of bounds: size "
                                 f"{reference[i]} at offset {offset} in {data[i]}")
         top.append(reference[i])
-    return LayerShapes([tuple(top)])
+    return LayerShapes([tuple(top)], attrs=CropAttrs(start, tuple(resolved)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -784,8 +864,8 @@ def mvn_rule(layer, bottoms, context):
 
 @declare("Softmax", counts=ONE_IN_ONE_OUT)
 def softmax_rule(layer, bottoms, context):
-    _axis(layer, bottoms[0], layer.softmax_param.axis)
-    return LayerShapes([bottoms[0]], [], 3 * count(bottoms[0]))
+    axis = _axis(layer, bottoms[0], layer.softmax_param.axis)
+    return LayerShapes([bottoms[0]], [], 3 * count(bottoms[0]), AxisAttrs(axis))
 
 
 @declare("ArgMax", counts=ONE_IN_ONE_OUT)
@@ -832,7 +912,7 @@ def softmax_loss_rule(layer, bottoms, context):
     axis = _axis(layer, data, layer.softmax_param.axis)
     outer, inner = _check_label_count(layer, data, label, axis, "softmax axis")
     # Softmax over every score, then a log and an accumulate per labelled position.
-    return LayerShapes([(), data], [], 3 * count(data) + 2 * outer * inner)
+    return LayerShapes([(), data], [], 3 * count(data) + 2 * outer * inner, AxisAttrs(axis))
 
 
 @declare("SigmoidCrossEntropyLoss", counts=_LOSS_COUNTS, traits={LOSS})
@@ -877,7 +957,7 @@ def infogain_loss_rule(layer, bottoms, context):
         raise _error(layer, "the infogain matrix source must be specified",
                      hint="set infogain_loss_param { source: ... } or give it as bottom 2")
     # Softmax, then log, multiply and accumulate against the matrix row for every score.
-    return LayerShapes([(), data], [], 6 * count(data))
+    return LayerShapes([(), data], [], 6 * count(data), AxisAttrs(axis))
 
 
 @declare("MultinomialLogisticLoss", counts=_LOSS_COUNTS, traits={LOSS})
@@ -914,7 +994,7 @@ def accuracy_rule(layer, bottoms, context):
     axis = _axis(layer, scores, param.axis)
     _check_label_count(layer, scores, label, axis, "axis")
     # A scalar accuracy, then (optionally) one accuracy per class.
-    return LayerShapes([(), (scores[axis],)], [], count(scores))
+    return LayerShapes([(), (scores[axis],)], [], count(scores), AxisAttrs(axis))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -992,6 +1072,16 @@ def _recurrent_inputs(layer, bottoms, num_states):
     return steps, streams, hidden, _span(x, 2), static_dim, exposed
 
 
+@dataclass(frozen=True)
+class RecurrentAttrs:
+    """An LSTM / RNN resolved: whether bottom 2 is a static input (a bottom beyond x, cont and
+    the exposed states) and the names of its blobs in Caffe's order."""
+    num_output: int
+    static_input: bool
+    expose_hidden: bool
+    blobs: tuple             # e.g. ("W_xc", "b_c", "W_xc_static", "W_hc")
+
+
 def _recurrent_counts(num_states):
     """x, cont, an optional x_static and, with expose_hidden, the initial states as bottoms;
     the output and, with expose_hidden, the final states as tops."""
@@ -1039,7 +1129,11 @@ def lstm_rule(layer, bottoms, context):
         params.append((gates, static_dim))             # W_xc_static
     params.append((gates, hidden))                     # W_hc
     tops = [(steps, streams, hidden)] + [(1, streams, hidden)] * exposed   # h, [h_T, c_T]
-    return LayerShapes(tops, params, _lstm_flops(steps, streams, hidden, input_dim, static_dim))
+    static = static_dim is not None
+    attrs = RecurrentAttrs(hidden, static, bool(exposed),
+                           ("W_xc", "b_c") + ("W_xc_static",) * static + ("W_hc",))
+    return LayerShapes(tops, params, _lstm_flops(steps, streams, hidden, input_dim, static_dim),
+                       attrs)
 
 
 @declare("RNN", counts=_recurrent_counts(1), traits={RECURRENT})
@@ -1050,7 +1144,11 @@ def rnn_rule(layer, bottoms, context):
         params.append((hidden, static_dim))            # W_xh_static
     params += [(hidden, hidden), (hidden, hidden), (hidden,)]   # W_hh, W_ho, b_o
     tops = [(steps, streams, hidden)] + [(1, streams, hidden)] * exposed   # o, [h_T]
-    return LayerShapes(tops, params, _rnn_flops(steps, streams, hidden, input_dim, static_dim))
+    static = static_dim is not None
+    attrs = RecurrentAttrs(hidden, static, bool(exposed), ("W_xh", "b_h")
+                           + ("W_xh_static",) * static + ("W_hh", "W_ho", "b_o"))
+    return LayerShapes(tops, params, _rnn_flops(steps, streams, hidden, input_dim, static_dim),
+                       attrs)
 
 
 @declare("LSTMUnit", counts=fixed(3, 2))
