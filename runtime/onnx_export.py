@@ -566,20 +566,9 @@ def _time_major_inputs(compiled):
         if not marked.intersection(layer.tops):
             continue
         if has_trait(layer.type, TIME_MAJOR_PASSTHROUGH) or (
-                layer.type in ("InnerProduct", "Concat", "Slice") and _layer_axis(layer) >= 2):
+                layer.type in ("InnerProduct", "Concat", "Slice") and layer.attrs.axis >= 2):
             marked.update(layer.bottoms)
     return {name for name in compiled.inputs if name in marked}
-
-
-def _layer_axis(layer):
-    p = layer.param
-    rank = len(layer.bottom_shapes[0])
-    axis = {"InnerProduct": p.inner_product_param.axis,
-            "Concat": p.concat_param.concat_dim if p.concat_param.HasField("concat_dim")
-            else p.concat_param.axis,
-            "Slice": p.slice_param.slice_dim if p.slice_param.HasField("slice_dim")
-            else p.slice_param.axis}[layer.type]
-    return axis + rank if axis < 0 else axis
 
 
 def input_batch_axes(compiled):
@@ -823,17 +812,10 @@ def _dropout(ctx):
 # Converters: vision layers
 
 
-def _vision():
-    from runtime.layers import vision
-    return vision
-
-
 def _conv_check(layer):
-    rank = len(layer.bottom_shapes[0]) if layer.bottom_shapes[0] else 0
-    axis = layer.param.convolution_param.axis
-    axis = axis + rank if axis < 0 else axis
-    if rank - axis - 1 not in (1, 2, 3):
-        return f"{rank - axis - 1} spatial axes (1 to 3 are supported)"
+    spatial = len(layer.attrs.kernel)
+    if spatial not in (1, 2, 3):
+        return f"{spatial} spatial axes (1 to 3 are supported)"
     return None
 
 
@@ -865,10 +847,9 @@ converter("Deconvolution", check=_conv_check)(_convolution("ConvTranspose"))
 
 
 def _pooling_check(layer):
-    pp = layer.param.pooling_param
     if len(layer.tops) > 1:
         return "the MAX pooling mask top is not exported"
-    if pp.pool == caffe_pb2.PoolingParameter.STOCHASTIC and layer.phase == "TRAIN":
+    if layer.attrs.method == caffe_pb2.PoolingParameter.STOCHASTIC and layer.phase == "TRAIN":
         return "STOCHASTIC pooling in TRAIN samples at random; export the TEST phase"
     if len(layer.bottom_shapes[0]) != 4:
         return "Caffe pools (N, C, H, W) blobs only"
@@ -877,14 +858,13 @@ def _pooling_check(layer):
 
 @converter("Pooling", check=_pooling_check)
 def _pooling(ctx):
-    unit = ctx.unit
+    unit = ctx.layer.attrs
     methods = caffe_pb2.PoolingParameter
-    size = ctx.bottom_shape(0)[2:]
-    kernel = size if unit.global_pooling else tuple(unit.kernel)
+    size, kernel = unit.input_size, unit.kernel
     stochastic = unit.method == methods.STOCHASTIC
     # Caffe's STOCHASTIC kernels ignore pad: windows start at i * stride.
-    pad = (0, 0) if stochastic else tuple(unit.pad)
-    out = tuple(unit.out_size)
+    pad = (0, 0) if stochastic else unit.pad
+    out = unit.output_size
     # Pad explicitly so that every window of the ceil rule (the last may hang past size + pad)
     # exists; then pool without padding and keep Caffe's first out_size windows.
     after = [max(0, (o - 1) * s + k - n - p) for o, s, k, n, p in
@@ -913,7 +893,8 @@ def _pooling(ctx):
         # window with no input element.
         pool("MaxPool", pad_input(x, _NEG_FLT_MAX), ctx.outputs[0], "maxpool")
     elif unit.method == methods.AVE:
-        divisor = _ave_divisors(out, kernel, unit.stride, pad, size)
+        rows, cols = (np.asarray(d, np.float32) for d in unit.ave_divisors)
+        divisor = rows[:, None] * cols[None, :]
         factor = math.prod(kernel) / divisor
         exact = np.all(factor == 1)
         # AveragePool divides by the full window; Caffe divides by the window clipped to
@@ -935,14 +916,6 @@ def _pooling(ctx):
         ratio = ctx.op("Div", [mean_sq, safe], label="ratio")
         ctx.op("Where", [positive, ratio, ctx.scalar("zero_out", 0.0)], ctx.outputs[0],
                "select")
-
-
-def _ave_divisors(out, kernel, stride, pad, size):
-    """Caffe's AVE pool_size per output position, (out_h, out_w) float32."""
-    vision = _vision()
-    rows, cols = (vision._ave_divisor(o, k, s, p, n).numpy() for o, k, s, p, n in
-                  zip(out, kernel, stride, pad, size))
-    return (rows[:, None] * cols[None, :]).astype(np.float32)
 
 
 @converter("LRN", check=lambda layer: None if len(layer.bottom_shapes[0]) == 4 else
@@ -1113,7 +1086,7 @@ def _mvn(ctx):
 
 @converter("Crop")
 def _crop(ctx):
-    unit = ctx.unit
+    unit = ctx.layer.attrs
     reference = ctx.bottom_shape(1)
     axes = list(range(unit.axis, unit.axis + len(unit.offsets)))
     if ctx.bottom_axis(0) in axes:
@@ -1142,23 +1115,15 @@ def _split(ctx):
         ctx.node("Identity", ctx.inputs, [out], label=out.replace("/", "_"))
 
 
-def _slice_sizes(unit, size):
-    if unit.points:
-        bounds = [0] + list(unit.points) + [size]
-        return [b - a for a, b in zip(bounds[:-1], bounds[1:])]
-    return [size // unit.num_tops] * unit.num_tops
-
-
 @converter("Slice")
 def _slice(ctx):
-    shape = ctx.bottom_shape(0)
-    axis = _canonical(ctx.unit.axis, len(shape))
+    axis = ctx.layer.attrs.axis
     if ctx.bottom_axis(0) == axis:
         raise Unsupported("it slices the batch axis, which --dynamic-batch makes symbolic")
     if len(ctx.outputs) == 1:
         ctx.identity(ctx.inputs[0], ctx.outputs[0])
         return
-    ctx.split(ctx.inputs[0], _slice_sizes(ctx.unit, shape[axis]), axis, ctx.outputs)
+    ctx.split(ctx.inputs[0], list(ctx.layer.attrs.sizes), axis, ctx.outputs)
 
 
 @converter("Concat")
@@ -1166,8 +1131,7 @@ def _concat(ctx):
     if len(ctx.inputs) == 1:
         ctx.identity(ctx.inputs[0], ctx.outputs[0])
         return
-    axis = _canonical(ctx.unit.axis, len(ctx.bottom_shape(0)))
-    ctx.op("Concat", ctx.inputs, ctx.outputs[0], axis=axis)
+    ctx.op("Concat", ctx.inputs, ctx.outputs[0], axis=ctx.layer.attrs.axis)
 
 
 @converter("Eltwise")
@@ -1288,8 +1252,7 @@ def _reduction(ctx):
 
 @converter("Softmax")
 def _softmax(ctx):
-    axis = _canonical(ctx.unit.axis, len(ctx.bottom_shape(0)))
-    ctx.op("Softmax", ctx.inputs, ctx.outputs[0], axis=axis)
+    ctx.op("Softmax", ctx.inputs, ctx.outputs[0], axis=ctx.layer.attrs.axis)
 
 
 # ---------------------------------------------------------------------------------------------

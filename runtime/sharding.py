@@ -181,6 +181,5 @@ def _slice(array, axis, rank, size):
 
 
 def _error(layer, message, hint=None):
-    file, line, col = layer.location if layer.location else (None, None, None)
-    return CompileError(f"layer '{layer.name}' ({layer.type}): {message}", file, line, col,
-                        hint)
+    from runtime.layers.base import LayerError   # torch is imported only where it runs
+    return LayerError(layer, message, hint)

@@ -36,7 +36,7 @@ import warnings
 import torch
 from torch.autograd.function import once_differentiable
 
-from runtime.layers.base import CaffeLayer
+from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
 
 
@@ -149,15 +149,10 @@ class _Recurrent(CaffeLayer):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        rp = layer.param.recurrent_param
-        if rp.num_output <= 0:
-            raise ValueError(f"{layer.type} layer {layer.name!r}: "
-                             "recurrent_param.num_output must be positive")
-        self.H = rp.num_output
-        self.expose_hidden = rp.expose_hidden
+        attrs = layer.attrs
+        self.H, self.expose_hidden = attrs.num_output, attrs.expose_hidden
         n_exposed = len(self.state_names) if self.expose_hidden else 0
-        # Caffe: a bottom beyond x, cont (and the exposed states) is the static input.
-        self.static_input = len(layer.bottoms) > 2 + n_exposed
+        self.static_input = attrs.static_input
         x_shape = layer.bottom_shapes[0] if layer.bottom_shapes else None
         self.T = x_shape[0] if x_shape else None     # fixed at setup; N may change
         first_state = 2 + int(self.static_input)
@@ -169,8 +164,8 @@ class _Recurrent(CaffeLayer):
         """Create the blobs from layer.param_shapes (Caffe order) with one filler each."""
         shapes = self.layer.param_shapes
         if len(shapes) != len(fillers):
-            raise ValueError(f"{self.layer.type} layer {self.layer.name!r}: expected "
-                             f"{len(fillers)} param shapes, got {len(shapes)}")
+            raise LayerError(self.layer, f"expected {len(fillers)} param shapes, got "
+                                         f"{len(shapes)}")
         for shape, filler in zip(shapes, fillers):
             self.add_blob(shape, filler)
 
@@ -178,23 +173,23 @@ class _Recurrent(CaffeLayer):
         """(x, cont, x_static or None, exposed states or None), with Caffe's shape checks."""
         x, cont = bottoms[0], bottoms[1]
         if x.dim() < 2:
-            raise ValueError(f"{self.layer.name}: x must be (T, N, ...), got {tuple(x.shape)}")
+            raise LayerError(self.layer, f"x must be (T, N, ...), got {tuple(x.shape)}")
         T, N = x.shape[:2]
         if self.T is not None and T != self.T:
-            raise ValueError(f"{self.layer.name}: the number of timesteps is fixed at {self.T} "
-                             f"(Caffe cannot change T after setup); got {T}")
+            raise LayerError(self.layer, f"the number of timesteps is fixed at {self.T} "
+                                         f"(Caffe cannot change T after setup); got {T}")
         if tuple(cont.shape) != (T, N):
-            raise ValueError(f"{self.layer.name}: cont must be (T, N) = {(T, N)}, "
-                             f"got {tuple(cont.shape)}")
+            raise LayerError(self.layer, f"cont must be (T, N) = {(T, N)}, "
+                                         f"got {tuple(cont.shape)}")
         x_static = bottoms[2] if self.static_input else None
         if x_static is not None and x_static.shape[0] != N:
-            raise ValueError(f"{self.layer.name}: x_static must have N = {N} rows")
+            raise LayerError(self.layer, f"x_static must have N = {N} rows")
         states = None
         if self.expose_hidden:
             states = [s.detach() for s in bottoms[2 + int(self.static_input):]]
             for name, s in zip(self.state_names, states):
                 if tuple(s.shape) != (1, N, self.H):
-                    raise ValueError(f"{self.layer.name}: {name}0 must be (1, N, H) = "
+                    raise LayerError(self.layer, f"{name}0 must be (1, N, H) = "
                                      f"{(1, N, self.H)}, got {tuple(s.shape)}")
         # Caffe's cont is a float blob; it never carries a gradient.
         return x, cont.detach().to(x.dtype), x_static, states
@@ -231,7 +226,7 @@ class _Recurrent(CaffeLayer):
             carried = state[name]
             if carried is not None and (carried.dim() != 3 or carried.shape[0] != 1
                                         or carried.shape[2] != self.H):
-                raise ValueError(f"layer {self.layer.name!r}: a carried {name} must be "
+                raise LayerError(self.layer, f"a carried {name} must be "
                                  f"(1, N, {self.H}), got {tuple(carried.shape)}")
             setattr(self, f"{name}_carry", None if carried is None else carried.to(device))
 
@@ -362,8 +357,8 @@ class LSTMUnit(CaffeLayer):
     def forward(self, c_prev, x, cont):
         if c_prev.dim() != 3 or c_prev.shape[0] != 1 or x.shape[:2] != c_prev.shape[:2] \
                 or x.shape[2] != 4 * c_prev.shape[2] or tuple(cont.shape) != c_prev.shape[:2]:
-            raise ValueError(f"{self.layer.name}: LSTMUnit wants c_prev (1, N, H), x (1, N, 4H),"
-                             f" cont (1, N); got {tuple(c_prev.shape)}, {tuple(x.shape)}, "
+            raise LayerError(self.layer, f"LSTMUnit wants c_prev (1, N, H), x (1, N, 4H),"
+                                         f" cont (1, N); got {tuple(c_prev.shape)}, {tuple(x.shape)}, "
                              f"{tuple(cont.shape)}")
         c, h = lstm_unit(x, c_prev, cont.detach().to(x.dtype).unsqueeze(2))
         return c, h

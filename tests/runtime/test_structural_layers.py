@@ -7,6 +7,7 @@ import torch
 from torch.autograd import gradcheck
 
 from runtime.layers import structural
+from compiler.errors import CompileError
 from support import compiled_layer
 
 
@@ -68,7 +69,7 @@ def test_reshape_uses_the_compiled_top_shape():
     ("", (2, 60)), ("flatten_param { axis: 1 end_axis: 2 }", (2, 12, 5)),
     ("flatten_param { axis: -2 }", (2, 3, 20)), ("flatten_param { axis: 0 }", (120,))])
 def test_flatten(params, shape):
-    layer = make(structural.Flatten, "Flatten", params)
+    layer = make(structural.Flatten, "Flatten", params, bottom_shapes=[(2, 3, 4, 5)])
     x = rand(2, 3, 4, 5)
     y = layer(x)[0]
     assert y.shape == shape
@@ -79,7 +80,8 @@ def test_flatten(params, shape):
 
 def test_slice_at_points():
     layer = make(structural.Slice, "Slice",
-                 "slice_param { axis: 1 slice_point: 1 slice_point: 3 }", tops=("a", "b", "c"))
+                 "slice_param { axis: 1 slice_point: 1 slice_point: 3 }", tops=("a", "b", "c"),
+                 bottom_shapes=[(2, 5, 3)])
     x = rand(2, 5, 3)
     a, b, c = layer(x)
     assert [t.shape[1] for t in (a, b, c)] == [1, 2, 2]
@@ -88,34 +90,40 @@ def test_slice_at_points():
 
 
 def test_slice_even_split_negative_axis_and_legacy_slice_dim():
-    layer = make(structural.Slice, "Slice", "slice_param { axis: -1 }", tops=("a", "b"))
+    layer = make(structural.Slice, "Slice", "slice_param { axis: -1 }", tops=("a", "b"),
+                 bottom_shapes=[(2, 3, 6)])
     a, b = layer(rand(2, 3, 6))
     assert a.shape == b.shape == (2, 3, 3)
-    legacy = make(structural.Slice, "Slice", "slice_param { slice_dim: 0 }", tops=("a", "b"))
+    legacy = make(structural.Slice, "Slice", "slice_param { slice_dim: 0 }", tops=("a", "b"),
+                  bottom_shapes=[(4, 3)])
     assert legacy(rand(4, 3))[0].shape == (2, 3)
-    with pytest.raises(ValueError, match="evenly"):
-        layer(rand(2, 3, 5))
+    with pytest.raises(CompileError, match="evenly"):
+        make(structural.Slice, "Slice", "slice_param { axis: -1 }", tops=("a", "b"),
+             bottom_shapes=[(2, 3, 5)])
 
 
 def test_slice_rejects_bad_points():
-    with pytest.raises(ValueError, match="one fewer"):
-        make(structural.Slice, "Slice", "slice_param { slice_point: 1 }", tops=("a", "b", "c"))
-    layer = make(structural.Slice, "Slice", "slice_param { slice_point: 3 slice_point: 2 }",
-                 tops=("a", "b", "c"))
-    with pytest.raises(ValueError, match="increase"):
-        layer(rand(2, 5))
+    # The compiler refuses them (the unit reads the compiled sizes).
+    with pytest.raises(CompileError, match="1 slice_point need 2 tops, got 3"):
+        make(structural.Slice, "Slice", "slice_param { slice_point: 1 }", tops=("a", "b", "c"),
+             bottom_shapes=[(2, 5)])
+    with pytest.raises(CompileError, match="increase"):
+        make(structural.Slice, "Slice", "slice_param { slice_point: 3 slice_point: 2 }",
+             tops=("a", "b", "c"), bottom_shapes=[(2, 5)])
 
 
 def test_concat():
-    layer = make(structural.Concat, "Concat", "concat_param { axis: -1 }", bottoms=("a", "b"))
+    layer = make(structural.Concat, "Concat", "concat_param { axis: -1 }", bottoms=("a", "b"),
+                 bottom_shapes=[(2, 3, 1), (2, 3, 4)])
     a, b = rand(2, 3, 1), rand(2, 3, 4, seed=1)
     y = layer(a, b)[0]
     assert y.shape == (2, 3, 5)
     check_grad(lambda s, t: layer(s, t)[0], a, b)
-    default = make(structural.Concat, "Concat", bottoms=("a", "b"))
+    default = make(structural.Concat, "Concat", bottoms=("a", "b"),
+                   bottom_shapes=[(2, 3), (2, 4)])
     assert default(rand(2, 3), rand(2, 4))[0].shape == (2, 7)
     legacy = make(structural.Concat, "Concat", "concat_param { concat_dim: 0 }",
-                  bottoms=("a", "b"))
+                  bottoms=("a", "b"), bottom_shapes=[(2, 3), (1, 3)])
     assert legacy(rand(2, 3), rand(1, 3))[0].shape == (3, 3)
 
 
@@ -265,7 +273,8 @@ def test_reduction(op, reference, axis):
 
 
 def test_softmax():
-    layer = make(structural.Softmax, "Softmax", "softmax_param { axis: 2 }")
+    layer = make(structural.Softmax, "Softmax", "softmax_param { axis: 2 }",
+                 bottom_shapes=[(2, 3, 4)])
     x = rand(2, 3, 4)
     e = np.exp(x.numpy() - x.numpy().max(2, keepdims=True))
     np.testing.assert_allclose(layer(x)[0].numpy(), e / e.sum(2, keepdims=True), rtol=1e-12)
@@ -273,7 +282,10 @@ def test_softmax():
 
 
 def test_axis_out_of_range_is_an_error():
-    layer = make(structural.Softmax, "Softmax", "softmax_param { axis: 3 }")
+    with pytest.raises(CompileError, match="axis 3 is out of range"):
+        make(structural.Softmax, "Softmax", "softmax_param { axis: 3 }",
+             bottom_shapes=[(2, 3, 4)])
+    layer = make(structural.Tile, "Tile", "tile_param { axis: 3 tiles: 2 }")
     with pytest.raises(ValueError, match="out of range"):
         layer(rand(2, 3, 4))
 
