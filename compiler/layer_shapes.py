@@ -570,7 +570,8 @@ def _reshape_range(layer, bottom):
 
 @dataclass(frozen=True)
 class AxisAttrs:
-    """The canonical axis (Blob::CanonicalAxisIndex, or a legacy *_dim) a layer works on."""
+    """The canonical axis (Blob::CanonicalAxisIndex, or a legacy *_dim) a layer works on;
+    None for ArgMax without an axis (it ranks each item's flattened data)."""
     axis: int
 
 
@@ -799,7 +800,8 @@ def _learned_operand_shape(layer, bottom, axis_field, num_axes, what):
 
 
 def _broadcast_operand(layer, bottoms, axis_field, num_axes, what):
-    """(operand shape, learned?) for Scale / Bias: bottom 1 when given, else a learned blob."""
+    """(operand shape, learned?, axis) for Scale / Bias: the operand is bottom 1 when given,
+    else a learned blob; it applies from `axis` on."""
     bottom = bottoms[0]
     if len(bottoms) > 1:
         operand, learned = bottoms[1], False
@@ -808,20 +810,22 @@ def _broadcast_operand(layer, bottoms, axis_field, num_axes, what):
     # A scalar operand applies the same way at any axis; Caffe then uses axis 0.
     axis = 0 if not operand else _axis(layer, bottom, axis_field)
     _check_broadcast(layer, bottom, operand, axis, what)
-    return operand, learned
+    return operand, learned, axis
 
 
 @declare("Bias", counts=BlobCounts(1, 2, 1, 1), traits={TIME_MAJOR_PASSTHROUGH})
 def bias_rule(layer, bottoms, context):
     param = layer.bias_param
-    bias, learned = _broadcast_operand(layer, bottoms, param.axis, param.num_axes, "bias")
-    return LayerShapes([bottoms[0]], [bias] if learned else [], count(bottoms[0]))
+    bias, learned, axis = _broadcast_operand(layer, bottoms, param.axis, param.num_axes, "bias")
+    return LayerShapes([bottoms[0]], [bias] if learned else [], count(bottoms[0]),
+                       AxisAttrs(axis))
 
 
 @declare("Scale", counts=BlobCounts(1, 2, 1, 1), traits={TIME_MAJOR_PASSTHROUGH})
 def scale_rule(layer, bottoms, context):
     param, bottom = layer.scale_param, bottoms[0]
-    scale, learned = _broadcast_operand(layer, bottoms, param.axis, param.num_axes, "scale")
+    scale, learned, axis = _broadcast_operand(layer, bottoms, param.axis, param.num_axes,
+                                              "scale")
     params = [scale] if learned else []
     flops = count(bottom)
     if param.bias_term:
@@ -831,7 +835,7 @@ def scale_rule(layer, bottoms, context):
         bias = _learned_operand_shape(layer, bottom, param.axis, bias_axes, "bias")
         params.append(bias)
         flops += count(bottom)
-    return LayerShapes([bottom], params, flops)
+    return LayerShapes([bottom], params, flops, AxisAttrs(axis))
 
 
 @declare("BatchNorm", counts=ONE_IN_ONE_OUT, traits={FROZEN_BLOBS})
@@ -888,7 +892,8 @@ def argmax_rule(layer, bottoms, context):
         top = [1] * max(len(bottom), 3)
         top[0], top[1], top[2] = bottom[0], 2 if param.out_max_val else 1, param.top_k
         top = tuple(top)
-    return LayerShapes([top], [], count(bottom))
+    return LayerShapes([top], [], count(bottom),
+                       AxisAttrs(axis if param.HasField("axis") else None))
 
 
 @declare("Reduction", counts=ONE_IN_ONE_OUT)
@@ -898,7 +903,7 @@ def reduction_rule(layer, bottoms, context):
     # The axes from `axis` on are all reduced (Caffe reduces tails only); axis 0 gives a scalar.
     top = bottom[:axis]
     per_element = 2 if param.operation in (_REDUCTION.ASUM, _REDUCTION.SUMSQ) else 1
-    return LayerShapes([top], [], per_element * count(bottom) + count(top))
+    return LayerShapes([top], [], per_element * count(bottom) + count(top), AxisAttrs(axis))
 
 
 # ---------------------------------------------------------------------------------------------

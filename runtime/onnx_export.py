@@ -1020,45 +1020,41 @@ def _broadcast_shape(blob_shape, rank, axis):
     return tuple(blob_shape) + (1,) * (rank - axis - len(blob_shape))
 
 
-def _canonical(axis, rank):
-    return axis + rank if axis < 0 else axis
-
-
-def _bottom_operand(ctx, index, role, axis_param):
-    """Bottom `index` as a Scale / Bias operand, reshaped to broadcast from its axis (Caffe: a
-    scalar operand broadcasts from axis 0)."""
+def _bottom_operand(ctx, index, role):
+    """Bottom `index` as a Scale / Bias operand, reshaped to broadcast from its axis (the
+    compiler's: 0 for a scalar operand)."""
     rank, shape = len(ctx.bottom_shape(0)), ctx.bottom_shape(index)
-    target = _broadcast_shape(shape, rank, 0 if not shape else _canonical(axis_param, rank))
+    target = _broadcast_shape(shape, rank, ctx.layer.attrs.axis)
     if target == shape:
         return ctx.inputs[index]
     return ctx.reshape(ctx.inputs[index], target, ctx.bottom_axis(index), label=role)
 
 
-def _blob_operand(ctx, blob_index, role, axis_param):
+def _blob_operand(ctx, blob_index, role):
     """Learnable blob `blob_index` as a Scale / Bias operand, stored broadcastable."""
-    rank, shape = len(ctx.bottom_shape(0)), tuple(ctx.unit.blobs[blob_index].shape)
-    target = _broadcast_shape(shape, rank, 0 if not shape else _canonical(axis_param, rank))
+    rank, shape = len(ctx.bottom_shape(0)), tuple(ctx.layer.param_shapes[blob_index])
+    target = _broadcast_shape(shape, rank, ctx.layer.attrs.axis)
     return ctx.blob(blob_index, role, target or (1,))
 
 
 @converter("Scale")
 def _scale(ctx):
     unit = ctx.unit
-    scale = (_bottom_operand(ctx, 1, "scale", unit.axis) if unit.scale_bottom else
-             _blob_operand(ctx, 0, "scale", unit.axis))
+    scale = (_bottom_operand(ctx, 1, "scale") if unit.scale_bottom else
+             _blob_operand(ctx, 0, "scale"))
     if not unit.bias_term:
         ctx.op("Mul", [ctx.inputs[0], scale], ctx.outputs[0], "scale")
         return
     scaled = ctx.op("Mul", [ctx.inputs[0], scale], label="scale")
-    bias = _blob_operand(ctx, len(unit.blobs) - 1, "bias", unit.axis)
+    bias = _blob_operand(ctx, len(unit.blobs) - 1, "bias")
     ctx.op("Add", [scaled, bias], ctx.outputs[0], "bias")
 
 
 @converter("Bias")
 def _bias(ctx):
     unit = ctx.unit
-    bias = (_bottom_operand(ctx, 1, "bias", unit.axis) if unit.bias_bottom else
-            _blob_operand(ctx, 0, "bias", unit.axis))
+    bias = (_bottom_operand(ctx, 1, "bias") if unit.bias_bottom else
+            _blob_operand(ctx, 0, "bias"))
     ctx.op("Add", [ctx.inputs[0], bias], ctx.outputs[0], "bias")
 
 
@@ -1186,8 +1182,7 @@ def _eltwise_coeff_blob(ctx):
 
 @converter("Tile")
 def _tile(ctx):
-    rank = len(ctx.bottom_shape(0))
-    axis = _canonical(ctx.unit.axis, rank)
+    axis = ctx.layer.attrs.axis
     # Caffe repeats the whole block from `axis` on: repeat `axis` after merging the later
     # axes into it, then restore the top's shape.
     shape = ctx.bottom_shape(0)
@@ -1208,7 +1203,7 @@ def _argmax(ctx):
     unit, x = ctx.unit, ctx.inputs[0]
     shape = ctx.bottom_shape(0)
     if unit.axis is not None:
-        axis = _canonical(unit.axis, len(shape))
+        axis = unit.axis
     else:
         x = ctx.op("Flatten", [x], label="flatten", axis=1)
         axis = 1
@@ -1234,7 +1229,7 @@ def _reduction(ctx):
     ops = caffe_pb2.ReductionParameter
     unit, x = ctx.unit, ctx.inputs[0]
     rank = len(ctx.bottom_shape(0))
-    axes = list(range(_canonical(unit.axis, rank), rank))
+    axes = list(range(ctx.layer.attrs.axis, rank))
     if unit.op == ops.ASUM:
         x = ctx.op("Abs", [x])
     elif unit.op == ops.SUMSQ:

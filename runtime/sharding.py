@@ -23,7 +23,6 @@ read what the script gives them) are listed in `Plan.unsharded` for the solver t
 
 from dataclasses import dataclass, field
 
-from compiler.errors import CompileError
 from compiler.layer_types import RECURRENT, has_trait
 
 SHARDED_TYPES = ("HDF5Data", "ImageData", "Data", "VideoData")

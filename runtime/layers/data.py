@@ -566,11 +566,11 @@ class MemoryData(CaffeLayer):
         data = np.ascontiguousarray(data, dtype=np.float32)
         labels = np.ascontiguousarray(labels, dtype=np.float32)
         if data.ndim != 4 or data.shape[1:] != self.sample_shape:
-            raise LayerError(self.layer, f"data must be N x "
-                             f"{' x '.join(map(str, self.sample_shape))}, got {data.shape}")
+            sample = " x ".join(map(str, self.sample_shape))
+            raise LayerError(self.layer, f"data must be N x {sample}, got {data.shape}")
         if labels.ndim not in (1, 4) or labels.shape[1:] not in ((), (1, 1, 1)):
             raise LayerError(self.layer, f"labels must be N or "
-                             f"N x 1 x 1 x 1, got {labels.shape}")
+                                         f"N x 1 x 1 x 1, got {labels.shape}")
         if data.shape[0] != labels.shape[0]:
             raise ValueError("data and labels must have the same first dimension")
         if data.shape[0] == 0 or data.shape[0] % self.batch_size:

@@ -17,7 +17,6 @@ from compiler.paths import resolve_path
 from lrcn_proto import caffe_pb2
 from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
-from runtime.layers.structural import canonical_axis
 from runtime.weights import read_blob_file
 
 # float's smallest normal number: Caffe clamps probabilities to it before the log.
@@ -69,9 +68,9 @@ def _normalizer(mode, outer, inner, valid_count):
     raise ValueError(f"unknown normalization mode {mode}")
 
 
-def _split_at_axis(layer, x, axis):
-    """(outer, classes, inner) sizes around the class axis, and x viewed that way."""
-    axis = canonical_axis(layer, axis, x.dim())
+def _split_at_axis(x, axis):
+    """(outer, classes, inner) sizes around the (compiled, canonical) class axis, and x viewed
+    that way."""
     outer = math.prod(x.shape[:axis])
     inner = math.prod(x.shape[axis + 1:])
     return outer, x.shape[axis], inner, x.reshape(outer, x.shape[axis], inner)
@@ -110,12 +109,12 @@ class SoftmaxWithLoss(CaffeLayer):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        self.axis = self.param.softmax_param.axis
+        self.axis = layer.attrs.axis
         self.ignore_label = _ignore_label(self.param.loss_param)
         self.normalization = _normalization(self.param, _NORM.VALID)
 
     def forward(self, x, label):
-        outer, _, inner, logits = _split_at_axis(self.layer, x, self.axis)
+        outer, _, inner, logits = _split_at_axis(x, self.axis)
         _, valid, safe = _labels(label, outer, inner, self.ignore_label, x.device, self.layer)
         mask = valid.to(x.dtype)
         index = safe.unsqueeze(1)
@@ -147,7 +146,7 @@ class SigmoidCrossEntropyLoss(CaffeLayer):
 
     def forward(self, x, target):
         if target.numel() != x.numel():
-            raise LayerError(self.layer, f"inputs must have the same count")
+            raise LayerError(self.layer, "inputs must have the same count")
         target = target.detach().to(x.device).reshape(x.shape).to(x.dtype)
         if self.ignore_label is None:
             mask = torch.ones_like(x)
@@ -171,7 +170,7 @@ class EuclideanLoss(CaffeLayer):
 
     def forward(self, a, b):
         if a.numel() != b.numel():
-            raise LayerError(self.layer, f"inputs must have the same count")
+            raise LayerError(self.layer, "inputs must have the same count")
         diff = a - b.reshape(a.shape)
         return ((diff * diff).sum() / a.shape[0] / 2,)
 
@@ -269,16 +268,16 @@ class InfogainLoss(CaffeLayer):
         super().__init__(layer, rng)
         p = self.param.infogain_loss_param
         if self.param.loss_param.HasField("normalize"):
-            raise LayerError(layer, f"loss_param.normalize is deprecated for "
-                             f"InfogainLoss; use normalization")
-        self.axis = p.axis
+            raise LayerError(layer, "loss_param.normalize is deprecated for InfogainLoss; use "
+                                    "normalization")
+        self.axis = layer.attrs.axis
         self.ignore_label = _ignore_label(self.param.loss_param)
         self.normalization = self.param.loss_param.normalization
         infogain = None
         if len(layer.bottoms) < 3:
             if not p.source:
-                raise LayerError(layer, f"InfogainLoss needs a third bottom "
-                                 f"or infogain_loss_param.source")
+                raise LayerError(layer, "InfogainLoss needs a third bottom or "
+                                        "infogain_loss_param.source")
             location = getattr(layer, "location", None)
             naming_file = location[0] if isinstance(location, tuple) else None
             path = resolve_path(p.source, naming_file, "infogain matrix", location)
@@ -287,7 +286,7 @@ class InfogainLoss(CaffeLayer):
         self.register_buffer("infogain", infogain, persistent=False)
 
     def forward(self, x, label, infogain=None):
-        outer, classes, inner, logits = _split_at_axis(self.layer, x, self.axis)
+        outer, classes, inner, logits = _split_at_axis(x, self.axis)
         _, valid, safe = _labels(label, outer, inner, self.ignore_label, x.device, self.layer)
         h = (infogain if infogain is not None else self.infogain).detach()
         if h.numel() != classes * classes:
@@ -318,11 +317,11 @@ class Accuracy(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         p = self.param.accuracy_param
-        self.top_k, self.axis = p.top_k, p.axis
+        self.top_k, self.axis = p.top_k, layer.attrs.axis
         self.ignore_label = _ignore_label(p)
 
     def forward(self, x, label):
-        outer, classes, inner, scores = _split_at_axis(self.layer, x.detach(), self.axis)
+        outer, classes, inner, scores = _split_at_axis(x.detach(), self.axis)
         if self.top_k > classes:
             raise LayerError(self.layer, f"top_k {self.top_k} exceeds the {classes} classes")
         _, valid, safe = _labels(label, outer, inner, self.ignore_label, x.device, self.layer)

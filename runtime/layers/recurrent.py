@@ -190,7 +190,7 @@ class _Recurrent(CaffeLayer):
             for name, s in zip(self.state_names, states):
                 if tuple(s.shape) != (1, N, self.H):
                     raise LayerError(self.layer, f"{name}0 must be (1, N, H) = "
-                                     f"{(1, N, self.H)}, got {tuple(s.shape)}")
+                                                 f"{(1, N, self.H)}, got {tuple(s.shape)}")
         # Caffe's cont is a float blob; it never carries a gradient.
         return x, cont.detach().to(x.dtype), x_static, states
 
@@ -227,7 +227,7 @@ class _Recurrent(CaffeLayer):
             if carried is not None and (carried.dim() != 3 or carried.shape[0] != 1
                                         or carried.shape[2] != self.H):
                 raise LayerError(self.layer, f"a carried {name} must be "
-                                 f"(1, N, {self.H}), got {tuple(carried.shape)}")
+                                             f"(1, N, {self.H}), got {tuple(carried.shape)}")
             setattr(self, f"{name}_carry", None if carried is None else carried.to(device))
 
     def input_projection(self, x, x_static, W_x, b, W_static):
@@ -357,8 +357,8 @@ class LSTMUnit(CaffeLayer):
     def forward(self, c_prev, x, cont):
         if c_prev.dim() != 3 or c_prev.shape[0] != 1 or x.shape[:2] != c_prev.shape[:2] \
                 or x.shape[2] != 4 * c_prev.shape[2] or tuple(cont.shape) != c_prev.shape[:2]:
-            raise LayerError(self.layer, f"LSTMUnit wants c_prev (1, N, H), x (1, N, 4H),"
-                                         f" cont (1, N); got {tuple(c_prev.shape)}, {tuple(x.shape)}, "
-                             f"{tuple(cont.shape)}")
+            raise LayerError(self.layer, f"LSTMUnit wants c_prev (1, N, H), x (1, N, 4H), "
+                                         f"cont (1, N); got {tuple(c_prev.shape)}, "
+                                         f"{tuple(x.shape)}, {tuple(cont.shape)}")
         c, h = lstm_unit(x, c_prev, cont.detach().to(x.dtype).unsqueeze(2))
         return c, h

@@ -1,7 +1,6 @@
 """Layers that route, reshape, combine or reduce blobs without learned weights (plus Parameter).
 
-Axis parameters follow Caffe's Blob::CanonicalAxisIndex: -ndim <= axis < ndim, negative
-counting from the end.
+Axes are the compiler's canonical ones (`layer.attrs.axis`, Caffe's Blob::CanonicalAxisIndex).
 """
 
 import torch
@@ -12,14 +11,6 @@ from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
 
 
-def canonical_axis(layer, axis, ndim):
-    """Caffe's CanonicalAxisIndex on a tensor at run time (the compiled axes are in
-    `layer.attrs`): the non-negative index of `axis` in a blob of `ndim` axes."""
-    if not -ndim <= axis < ndim:
-        raise LayerError(layer, f"axis {axis} is out of range for a blob with {ndim} axes")
-    return axis + ndim if axis < 0 else axis
-
-
 @register("Input")
 class Input(CaffeLayer):
     """The net's fed blobs. Convention: the Net passes the tensors it was given for this
@@ -28,7 +19,7 @@ class Input(CaffeLayer):
     def forward(self, *fed):
         if len(fed) != len(self.layer.tops):
             raise LayerError(self.layer, f"Input has {len(self.layer.tops)} "
-                             f"tops but was fed {len(fed)} tensors")
+                                         f"tops but was fed {len(fed)} tensors")
         return tuple(fed)
 
 
@@ -39,7 +30,7 @@ class Parameter(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         if not layer.param_shapes:
-            raise LayerError(layer, f"Parameter needs parameter_param.shape")
+            raise LayerError(layer, "Parameter needs parameter_param.shape")
         self.add_blob(layer.param_shapes[0])
 
     def forward(self):
@@ -136,18 +127,10 @@ class Eltwise(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         p = self.param.eltwise_param
-        ops = caffe_pb2.EltwiseParameter
         self.op = p.operation
         self.coeff_blob = p.coeff_blob
         num_bottoms = len(layer.bottoms)
         num_inputs = num_bottoms - 1 if self.coeff_blob else num_bottoms
-        if self.coeff_blob and self.op != ops.SUM:
-            raise LayerError(layer, f"coeff_blob is only implemented for SUM")
-        if p.coeff and self.op != ops.SUM:
-            raise LayerError(layer, f"Eltwise takes coefficients only for SUM")
-        if p.coeff and len(p.coeff) != num_inputs:
-            raise LayerError(layer, f"{len(p.coeff)} coefficients for "
-                             f"{num_inputs} bottoms (one per bottom)")
         self.coeffs = list(p.coeff) if p.coeff else [1.0] * num_inputs
         if self.coeff_blob:
             # The coefficient blob is data, never trained through this layer.
@@ -180,9 +163,8 @@ class Eltwise(CaffeLayer):
         shape = inputs[0].shape
         leading = tuple(coeff_blob.shape[1:])
         if coeff_blob.shape[0] != k or tuple(shape[:len(leading)]) != leading:
-            raise LayerError(self.layer, f"coeff blob shape "
-                             f"{tuple(coeff_blob.shape)} must be ({k}, *leading axes of "
-                             f"{tuple(shape)})")
+            raise LayerError(self.layer, f"coeff blob shape {tuple(coeff_blob.shape)} must be "
+                                         f"({k}, *leading axes of {tuple(shape)})")
         per_input = coeff_blob.reshape(k, -1, 1)
         num = per_input.shape[1]
         top = None
@@ -198,15 +180,11 @@ class Tile(CaffeLayer):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        p = self.param.tile_param
-        self.axis, self.tiles = p.axis, p.tiles
-        if self.tiles < 1:
-            raise LayerError(layer, f"tile_param.tiles must be > 0")
+        self.axis, self.tiles = layer.attrs.axis, self.param.tile_param.tiles
 
     def forward(self, x):
-        axis = canonical_axis(self.layer, self.axis, x.dim())
         repeats = [1] * x.dim()
-        repeats[axis] = self.tiles
+        repeats[self.axis] = self.tiles
         return (x.repeat(*repeats),)
 
 
@@ -235,16 +213,13 @@ class ArgMax(CaffeLayer):
         super().__init__(layer, rng)
         p = self.param.argmax_param
         self.out_max_val, self.top_k = p.out_max_val, p.top_k
-        self.axis = p.axis if p.HasField("axis") else None
-        if self.top_k < 1:
-            raise LayerError(layer, f"argmax_param.top_k must be >= 1")
+        self.axis = layer.attrs.axis      # None: over each item's flattened data
 
     def forward(self, x):
         x = x.detach()
         if self.axis is not None:
-            axis = canonical_axis(self.layer, self.axis, x.dim())
-            self._check_k(x.shape[axis])
-            values, indices = caffe_top_k(x, axis, self.top_k)
+            self._check_k(x.shape[self.axis])
+            values, indices = caffe_top_k(x, self.axis, self.top_k)
             return (values if self.out_max_val else indices.to(x.dtype),)
         flat = x.reshape(x.shape[0], -1)
         self._check_k(flat.shape[1])
@@ -258,7 +233,7 @@ class ArgMax(CaffeLayer):
     def _check_k(self, size):
         if self.top_k > size:
             raise LayerError(self.layer, f"top_k {self.top_k} exceeds the "
-                             f"{size} entries it searches")
+                                         f"{size} entries it searches")
 
 
 @register("Reduction")
@@ -269,12 +244,11 @@ class Reduction(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         p = self.param.reduction_param
-        self.op, self.axis, self.coeff = p.operation, p.axis, float(p.coeff)
+        self.op, self.axis, self.coeff = p.operation, layer.attrs.axis, float(p.coeff)
 
     def forward(self, x):
         ops = caffe_pb2.ReductionParameter
-        axis = canonical_axis(self.layer, self.axis, x.dim())
-        flat = x.reshape(tuple(x.shape[:axis]) + (-1,))
+        flat = x.reshape(tuple(x.shape[:self.axis]) + (-1,))
         if self.op == ops.SUM:
             top = flat.sum(-1)
         elif self.op == ops.ASUM:

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from lrcn_proto import caffe_pb2
 from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
-from runtime.layers.structural import canonical_axis
 
 # Caffe's -FLT_MAX: the value a MAX pooling window with no input element produces.
 _NEG_FLT_MAX = torch.finfo(torch.float32).min
@@ -325,9 +324,9 @@ class Embed(CaffeLayer):
         # The check reads values (a device sync, a graph break): compiled code goes without.
         if not torch.compiler.is_compiling() and bool(bad.any()):
             value = x[bad].flatten()[0].item()
-            raise LayerError(self.layer, f"index {value} is outside "
-                             f"[0, {self.input_dim}) (input_dim) and is not the padding "
-                             f"index {self.PADDING_INDEX}")
+            raise LayerError(self.layer, f"index {value} is outside [0, {self.input_dim}) "
+                                         f"(input_dim) and is not the padding index "
+                                         f"{self.PADDING_INDEX}")
         keep = index != self.PADDING_INDEX
         rows = F.embedding(torch.where(keep, index, torch.zeros_like(index)), self.blobs[0])
         y = rows * keep.unsqueeze(-1).to(rows.dtype)
@@ -398,11 +397,6 @@ class BatchNorm(CaffeLayer):
 # --------------------------------------------------------------------------- Scale / Bias
 
 
-def _learnt_axis(layer, axis, x, blob):
-    # ScaleLayer / BiasLayer: a 0-axis (scalar) operand broadcasts from axis 0.
-    return 0 if blob.dim() == 0 else canonical_axis(layer, axis, x.dim())
-
-
 @register("Scale")
 class Scale(CaffeLayer):
     """y = x * scale (+ bias); scale is bottom[1] when given, else a blob (filler default
@@ -411,7 +405,7 @@ class Scale(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         sp = layer.param.scale_param
-        self.axis = sp.axis
+        self.axis = layer.attrs.axis      # 0 for a scalar operand, as Caffe broadcasts it
         self.scale_bottom = len(layer.bottoms) > 1
         self.bias_term = sp.bias_term
         if not self.scale_bottom:
@@ -424,10 +418,9 @@ class Scale(CaffeLayer):
 
     def forward(self, x, *scale_bottom):
         scale = scale_bottom[0] if self.scale_bottom else self.blobs[0]
-        axis = _learnt_axis(self.layer, self.axis, x, scale)
-        y = x * _broadcast(scale, x.dim(), axis)
+        y = x * _broadcast(scale, x.dim(), self.axis)
         if self.bias_term:
-            y = y + _broadcast(self.blobs[-1], x.dim(), axis)
+            y = y + _broadcast(self.blobs[-1], x.dim(), self.axis)
         return (y,)
 
 
@@ -438,14 +431,14 @@ class Bias(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         bp = layer.param.bias_param
-        self.axis = bp.axis
+        self.axis = layer.attrs.axis      # 0 for a scalar operand, as Caffe broadcasts it
         self.bias_bottom = len(layer.bottoms) > 1
         if not self.bias_bottom:
             self.add_blob(layer.param_shapes[0], bp.filler)
 
     def forward(self, x, *bias_bottom):
         bias = bias_bottom[0] if self.bias_bottom else self.blobs[0]
-        return (x + _broadcast(bias, x.dim(), _learnt_axis(self.layer, self.axis, x, bias)),)
+        return (x + _broadcast(bias, x.dim(), self.axis),)
 
 
 # --------------------------------------------------------------------------- MVN

@@ -248,8 +248,8 @@ def test_convolution_errors():
           "convolution_param { num_output: 4 kernel_size: 5 }", (1, 3, 3, 3))
     fails("same shape", "Convolution", "convolution_param { num_output: 4 kernel_size: 1 }",
           (1, 3, 4, 4), (1, 3, 5, 5), tops=2)
-    fails("needs one top per bottom, has 2 bottoms and 1 top", "Convolution", "convolution_param { num_output: 4 "
-                                                "kernel_size: 1 }", (1, 3, 4, 4), (1, 3, 4, 4))
+    fails("needs one top per bottom, has 2 bottoms and 1 top", "Convolution",
+          "convolution_param { num_output: 4 kernel_size: 1 }", (1, 3, 4, 4), (1, 3, 4, 4))
 
 
 def test_deconvolution():
