@@ -269,7 +269,7 @@ class _NetBuilder:
         else:
             top_shapes, param_shapes, flops, attrs = inferred
         check_fillers(layer, param_shapes, top_shapes,
-                      lambda *path: self.places.locate(index, *path))
+                      lambda *path: self.places.locate(index, *path), attrs)
         check_filled_blobs_not_empty(layer, param_shapes, top_shapes,
                                      lambda *path: self.places.locate(index, *path))
         specs, keys = self._param_specs(layer, param_shapes, index)

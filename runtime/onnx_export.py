@@ -45,7 +45,7 @@ from onnx import TensorProto, helper, numpy_helper
 import compiler
 from compiler.errors import CompileError
 from compiler.extras import require
-from compiler.layer_types import (LOSS, METRIC, RECURRENT, SINK, TIME_MAJOR_PASSTHROUGH,
+from compiler.layer_types import (DATA, LOSS, METRIC, RECURRENT, SINK, TIME_MAJOR_PASSTHROUGH,
                                   VALUE_PRESERVING, has_trait)
 from lrcn_proto import caffe_pb2
 
@@ -239,6 +239,10 @@ def converter(*type_names, check=None):
     (optional) returns why a particular layer of the type cannot be exported, or None."""
     def decorate(function):
         for name in type_names:
+            if name in _CONVERTERS and _CONVERTERS[name].function is not function:
+                raise ValueError(f"layer type {name!r} has two ONNX converters: "
+                                 f"{_CONVERTERS[name].function.__name__} and "
+                                 f"{function.__name__}")
             _CONVERTERS[name] = _Converter(function, check)
         return function
     return decorate
@@ -251,6 +255,24 @@ def exportable_types():
 # Types whose layers can never be exported, and why.
 _UNEXPORTABLE = {"Python": "a Python layer runs arbitrary Python code, which an ONNX graph "
                            "cannot hold (a Python data layer becomes a graph input instead)"}
+
+# Types with no converter because the deployable net never holds them (see deployable()).
+_NOT_DEPLOYED = ((DATA, "a data layer becomes a graph input"),
+                 (LOSS, "a loss layer is dropped from the deployable net"),
+                 (METRIC, "a metric layer is dropped from the deployable net"),
+                 (SINK, "a sink layer is dropped from the deployable net"))
+
+
+def unexportable_reason(type_name):
+    """Why a type has no converter (None when it has one, or no reason is known)."""
+    if type_name in _CONVERTERS:
+        return None
+    if type_name in _UNEXPORTABLE:
+        return _UNEXPORTABLE[type_name]
+    for trait, reason in _NOT_DEPLOYED:
+        if has_trait(type_name, trait):
+            return reason
+    return None
 
 
 def _unsupported(layer, reason, hint=None):
@@ -1258,9 +1280,10 @@ def _recurrent_states(ctx, names):
     """The initial states as (N, H) values: exposed bottoms (expose_hidden), explicit graph
     inputs (step mode), or None for zeros (the first step then skips the recurrent terms,
     which is exact: cont * 0 = 0)."""
-    unit, layer = ctx.unit, ctx.layer
-    if unit.expose_hidden:
-        first = 2 + int(unit.static_input)
+    layer = ctx.layer
+    attrs = layer.attrs
+    if attrs.expose_hidden:
+        first = 2 + int(attrs.static_input)
         return [ctx.squeeze(ctx.inputs[first + k], [0], label=f"{name}0")
                 for k, name in enumerate(names)]
     if ctx.step_states is None:
@@ -1269,7 +1292,7 @@ def _recurrent_states(ctx, names):
     for name in names:
         x_axis, x_label = ctx.dynamic.dim(layer.bottoms[0])
         state = _State(f"{layer.key}.{name}0", f"{layer.key}.{name}T",
-                       (1, layer.bottom_shapes[0][1], unit.H),
+                       (1, layer.bottom_shapes[0][1], attrs.num_output),
                        (1, x_label) if x_axis is not None else (None, None))
         ctx.graph.values.update((state.input, state.output))
         ctx.step_states[f"{layer.key}.{name}"] = state
@@ -1286,19 +1309,25 @@ def _final_state_outputs(ctx, names):
     return [None] * len(names)
 
 
+def _named_blob(ctx, name):
+    """A recurrent layer's blob by its name in RecurrentAttrs.blobs (Caffe's order)."""
+    return ctx.blob(ctx.layer.attrs.blobs.index(name), name)
+
+
 def _input_gates(ctx, gate_rows, W_role, b_role, static_role):
     """W x_t + b for all T steps (one Gemm), plus the static term: (T, N, rows)."""
     x_shape = ctx.bottom_shape(0)
     T = x_shape[0]
     flat = ctx.reshape(ctx.inputs[0], (-1, math.prod(x_shape[2:])), None, label="x_rows")
-    gx = ctx.op("Gemm", [flat, ctx.blob(0, W_role), ctx.blob(1, b_role)], label="x_gemm",
-                transB=1)
+    gx = ctx.op("Gemm", [flat, _named_blob(ctx, W_role), _named_blob(ctx, b_role)],
+                label="x_gemm", transB=1)
     gx = ctx.reshape(gx, (T, -1, gate_rows), None, label="x_gates")
-    if ctx.unit.static_input:
+    if ctx.layer.attrs.static_input:
         static_shape = ctx.bottom_shape(2)
         xs = ctx.reshape(ctx.inputs[2], (-1, math.prod(static_shape[1:])), None,
                          label="static_rows")
-        static = ctx.op("Gemm", [xs, ctx.blob(2, static_role)], label="static_gemm", transB=1)
+        static = ctx.op("Gemm", [xs, _named_blob(ctx, static_role)], label="static_gemm",
+                        transB=1)
         gx = ctx.op("Add", [gx, static], label="gates_static")
     return gx
 
@@ -1332,10 +1361,9 @@ def _recurrent_check(layer):
 def _lstm(ctx):
     """Caffe's LSTM unrolled over T: a_t = W_hc (cont_t h_{t-1}) + W_xc x_t + b_c (+ static),
     gates [i | f | o | g], c_t = cont_t f c_{t-1} + i g, h_t = o tanh(c_t)."""
-    unit = ctx.unit
-    H, T = unit.H, ctx.bottom_shape(0)[0]
+    H, T = ctx.layer.attrs.num_output, ctx.bottom_shape(0)[0]
     gx = _input_gates(ctx, 4 * H, "W_xc", "b_c", "W_xc_static")
-    W_hc = ctx.blob(3 if unit.static_input else 2, "W_hc")
+    W_hc = _named_blob(ctx, "W_hc")
     steps, conts = _per_step(ctx, gx, T)
     h, c = _recurrent_states(ctx, ("h", "c"))
     hs = []
@@ -1369,11 +1397,9 @@ def _lstm(ctx):
 def _rnn(ctx):
     """Caffe's RNN unrolled over T: h_t = tanh(W_hh (cont_t h_{t-1}) + W_xh x_t + b_h
     (+ static)), o_t = tanh(W_ho h_t + b_o)."""
-    unit = ctx.unit
-    H, T = unit.H, ctx.bottom_shape(0)[0]
-    first = 3 if unit.static_input else 2
+    H, T = ctx.layer.attrs.num_output, ctx.bottom_shape(0)[0]
     gx = _input_gates(ctx, H, "W_xh", "b_h", "W_xh_static")
-    W_hh = ctx.blob(first, "W_hh")
+    W_hh = _named_blob(ctx, "W_hh")
     steps, conts = _per_step(ctx, gx, T)
     (h,) = _recurrent_states(ctx, ("h",))
     hs = []
@@ -1389,7 +1415,7 @@ def _rnn(ctx):
     stacked = ctx._temp("h_all")
     _stack_steps(ctx, hs, stacked)
     rows = ctx.reshape(stacked, (-1, H), None, label="h_rows")
-    o = ctx.op("Gemm", [rows, ctx.blob(first + 1, "W_ho"), ctx.blob(first + 2, "b_o")],
+    o = ctx.op("Gemm", [rows, _named_blob(ctx, "W_ho"), _named_blob(ctx, "b_o")],
                label="o_gemm", transB=1)
     o = ctx.op("Tanh", [o], label="o")
     ctx.reshape(o, (T, -1, H), None, ctx.outputs[0], "o_steps")

@@ -160,14 +160,17 @@ class _Recurrent(CaffeLayer):
         for name in self.state_names:
             self.register_buffer(f"{name}_carry", None, persistent=False)
 
-    def add_blobs(self, fillers):
-        """Create the blobs from layer.param_shapes (Caffe order) with one filler each."""
-        shapes = self.layer.param_shapes
-        if len(shapes) != len(fillers):
-            raise LayerError(self.layer, f"expected {len(fillers)} param shapes, got "
-                                         f"{len(shapes)}")
-        for shape, filler in zip(shapes, fillers):
-            self.add_blob(shape, filler)
+    def add_blobs(self):
+        """Create the blobs the compiler named (RecurrentAttrs.blobs: Caffe's order) with
+        layer.param_shapes: bias_filler for the biases, weight_filler for every matrix."""
+        rp = self.layer.param.recurrent_param
+        for name, shape in zip(self.layer.attrs.blobs, self.layer.param_shapes):
+            self.add_blob(shape, rp.bias_filler if name.startswith("b_") else rp.weight_filler)
+
+    def named_blobs(self):
+        """{blob name: tensor}, read from self.blobs at call time (a shared blob may have been
+        swapped in); a static input's matrix is absent without one."""
+        return dict(zip(self.layer.attrs.blobs, self.blobs))
 
     def split_bottoms(self, bottoms):
         """(x, cont, x_static or None, exposed states or None), with Caffe's shape checks."""
@@ -257,9 +260,7 @@ class LSTM(_Recurrent):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        rp = layer.param.recurrent_param
-        w, b = rp.weight_filler, rp.bias_filler
-        self.add_blobs([w, b, w, w] if self.static_input else [w, b, w])
+        self.add_blobs()
 
     def forward(self, *bottoms):
         x, cont, x_static, states = self.split_bottoms(bottoms)
@@ -272,10 +273,8 @@ class LSTM(_Recurrent):
 
     def weights(self):
         """(W_xc, b_c, W_xc_static or None, W_hc), read from self.blobs at call time."""
-        if self.static_input:
-            return tuple(self.blobs)
-        W_xc, b_c, W_hc = self.blobs
-        return W_xc, b_c, None, W_hc
+        blobs = self.named_blobs()
+        return blobs["W_xc"], blobs["b_c"], blobs.get("W_xc_static"), blobs["W_hc"]
 
     def fused_applies(self, cont):
         # One reduction on cont's device; the bool() is the one host sync it costs.
@@ -320,16 +319,13 @@ class RNN(_Recurrent):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        rp = layer.param.recurrent_param
-        w, b = rp.weight_filler, rp.bias_filler
-        self.add_blobs([w, b, w, w, w, b] if self.static_input else [w, b, w, w, b])
+        self.add_blobs()
 
     def weights(self):
         """(W_xh, b_h, W_xh_static or None, W_hh, W_ho, b_o)."""
-        if self.static_input:
-            return tuple(self.blobs)
-        W_xh, b_h, W_hh, W_ho, b_o = self.blobs
-        return W_xh, b_h, None, W_hh, W_ho, b_o
+        blobs = self.named_blobs()
+        return (blobs["W_xh"], blobs["b_h"], blobs.get("W_xh_static"), blobs["W_hh"],
+                blobs["W_ho"], blobs["b_o"])
 
     def forward(self, *bottoms):
         x, cont, x_static, states = self.split_bottoms(bottoms)
