@@ -128,13 +128,16 @@ class CompiledNet:
         return [layer for layer in self.layers if any(w != 0 for w in layer.loss_weights)]
 
 
-def compile_net(net, phase="TRAIN", stages=(), level=0, input_shapes=None, state=None):
+def compile_net(net, phase="TRAIN", stages=(), level=0, input_shapes=None, state=None,
+                outputs=None):
     """A NetParameter, compiler.Document or .prototxt path -> CompiledNet for one NetState.
 
     The state is built as Caffe's Net(file, phase, level, stages) builds it: the net's own
     `state`, with phase and level set and stages added. Pass `state` (a NetState, e.g. from
     solver_net_states) to use it as is. `input_shapes` ({blob: shape}) fixes the shapes of tops
-    no rule can know (Python data layers, data files that are absent).
+    no rule can know (Python data layers, data files that are absent). `outputs` (blob names)
+    chooses the net's outputs instead of Caffe's rule (the blobs no layer reads), as a
+    deployed net does (compiler.deploy).
     """
     document, message = _as_document(net)
     source_file = document.filename if document else None
@@ -144,7 +147,7 @@ def compile_net(net, phase="TRAIN", stages=(), level=0, input_shapes=None, state
     builder = _NetBuilder(upgraded, selection, places, input_shapes, source_file)
     for index, layer in zip(selection.indices, selection.net.layer):
         builder.add_layer(index, layer)
-    return builder.finish()
+    return builder.finish(outputs)
 
 
 def _as_document(net):
@@ -504,7 +507,7 @@ class _NetBuilder:
                                 shape=self.blobs[top], producer=layer.key)
             self.graph.add_edge(node, ("blob", top), indices=[j])
 
-    def finish(self):
+    def finish(self, chosen_outputs=None):
         for node, data in self.graph.nodes(data=True):
             if data["kind"] == "blob":
                 # Fan-out: Caffe would insert a Split layer here; autograd sums the gradients.
@@ -512,6 +515,13 @@ class _NetBuilder:
         self.shares.settle_multipliers()
         outputs = sorted(name for name, version in self.readable.items()
                          if not self.graph.out_degree(("blob", version)))
+        if chosen_outputs is not None:
+            unknown = [name for name in chosen_outputs if name not in self.readable]
+            if unknown:
+                raise CompileError(f"output '{unknown[0]}' is not a blob of the net",
+                                   self.source_file,
+                                   hint=did_you_mean(unknown[0], sorted(self.readable), ""))
+            outputs = sorted(set(chosen_outputs))
         inputs = [name for layer in self.layers if layer.type == "Input"
                   for name in layer.top_names]
         state = self.state

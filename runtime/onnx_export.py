@@ -32,7 +32,6 @@ without expose_hidden explicit: inputs "<layer>.h0" (and "<layer>.c0"), outputs 
 (and "<layer>.cT"), each (1, N, H), so decoding loops can carry state outside Python.
 """
 
-import dataclasses
 import math
 import sys
 from dataclasses import dataclass, field
@@ -44,9 +43,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 import compiler
 from compiler.errors import CompileError
+from compiler import deploy
+from compiler.deploy import Deployable, input_batch_axes, rebatch  # noqa: F401  (the API)
 from compiler.extras import require
-from compiler.layer_types import (DATA, LOSS, METRIC, RECURRENT, SINK, TIME_MAJOR_PASSTHROUGH,
-                                  VALUE_PRESERVING, has_trait)
+from compiler.layer_types import (DATA, LOSS, METRIC, RECURRENT, SINK, VALUE_PRESERVING,
+                                  has_trait)
 from lrcn_proto import caffe_pb2
 
 DEFAULT_OPSET = 17
@@ -62,139 +63,14 @@ BATCH_DIM = "N"
 _NEG_FLT_MAX = float(np.finfo(np.float32).min)
 
 
-
 # ---------------------------------------------------------------------------------------------
 # The data-free part of a net
 
 
-@dataclass
-class Deployable:
-    """A CompiledNet reduced to what an inference graph holds, with notes on what changed."""
-    compiled: object
-    notes: list = field(default_factory=list)
-
-
-def _is_data_layer(layer):
-    return not layer.bottoms and bool(layer.tops) and layer.type not in ("Input", "Parameter")
-
-
-def _is_dropped_type(layer):
-    if has_trait(layer.type, SINK):
-        return "sink layer"
-    if has_trait(layer.type, METRIC):
-        return "metric layer"
-    if has_trait(layer.type, LOSS) or any(w != 0 for w in layer.loss_weights):
-        return "loss layer"
-    return None
-
-
 def deployable(compiled):
-    """The inference part of a compiled net as a new CompiledNet runtime.Net can build.
-
-    Data layers become Input layers (same name, same tops, the compiled shapes); loss, metric
-    and sink layers are dropped, as is every layer that reads one of their tops. Graph outputs
-    are the net's own outputs that survive plus the blobs a dropped loss / metric layer read
-    that depend on learnt weights (its predictions, not its labels). Layers and data tops no
-    output depends on are pruned (labels and what reshapes them).
-    """
-    producer = {top: layer for layer in compiled.layers for top in layer.tops}
-    dropped, notes = set(), []
-    for layer in compiled.layers:
-        reason = _is_dropped_type(layer)
-        if reason is None and any(producer[b].key in dropped for b in layer.bottoms):
-            reason = "reads a dropped layer's top"
-        if reason:
-            dropped.add(layer.key)
-            notes.append(f"dropped {reason} '{layer.name}' ({layer.type})")
-    # An input nobody reads is an output in Caffe; an inference graph has no use for it.
-    wanted = [compiled.latest[name] for name in compiled.outputs
-              if producer[compiled.latest[name]].key not in dropped
-              and not _is_data_layer(producer[compiled.latest[name]])
-              and producer[compiled.latest[name]].type != "Input"]
-    # Predictions depend on learnt weights; labels (even reshaped ones) do not.
-    # (Unknown parameter shapes, None, may be weights: the shapes are asked for below.)
-    learnt = set()
-    for layer in compiled.layers:
-        weights = layer.param_shapes or (layer.param_shapes is None
-                                         and not _is_data_layer(layer))
-        if weights or learnt.intersection(layer.bottoms):
-            learnt.update(layer.tops)
-    for layer in compiled.layers:
-        if layer.key in dropped and _is_dropped_type(layer) in ("loss layer", "metric layer"):
-            for bottom in layer.bottoms:
-                if (bottom in learnt and producer[bottom].key not in dropped
-                        and bottom not in wanted):
-                    wanted.append(bottom)
-    if not wanted:
-        raise CompileError("nothing to export: without its loss, metric and sink layers the "
-                           "net has no output", compiled.source_file)
-    needed = set(wanted)
-    kept = []
-    for layer in reversed(compiled.layers):
-        if layer.key in dropped or not needed.intersection(layer.tops):
-            if layer.key not in dropped:
-                notes.append(f"pruned '{layer.name}' ({layer.type}): no output depends on it")
-            continue
-        needed.update(layer.bottoms)
-        kept.append(layer)
-    kept.reverse()
-    _check_types([layer for layer in kept if not _is_data_layer(layer)])
-    layers = [_as_input(layer, needed, notes) if _is_data_layer(layer) or layer.type == "Input"
-              else layer for layer in kept]
-    return Deployable(_rebuild(compiled, layers, wanted), notes)
-
-
-def _as_input(layer, needed, notes):
-    """An Input layer for a data layer (or an Input layer) holding only the tops in use."""
-    keep = [j for j, top in enumerate(layer.tops) if top in needed]
-    for j, top in enumerate(layer.tops):
-        if j not in keep:
-            notes.append(f"pruned input '{layer.top_names[j]}' of '{layer.name}': no output "
-                         f"depends on it")
-        elif layer.top_shapes[j] is None:
-            name = layer.top_names[j]
-            raise CompileError(f"layer '{layer.name}' ({layer.type}): the shape of its top "
-                               f"'{name}' is not known", *layer.location,
-                               hint=f"give it with --input-shape {name}=D1,D2,... "
-                                    "(input_shapes={blob: shape})")
-    if layer.type != "Input":
-        names = ", ".join(layer.top_names[j] for j in keep)
-        notes.append(f"data layer '{layer.name}' ({layer.type}) becomes graph input(s) {names}")
-    elif len(keep) == len(layer.tops):
-        return layer
-    param = caffe_pb2.LayerParameter(name=layer.name, type="Input",
-                                     top=[layer.top_names[j] for j in keep])
-    param.phase = layer.param.phase
-    for j in keep:
-        param.input_param.shape.add(dim=list(layer.top_shapes[j]))
-    return dataclasses.replace(
-        layer, type="Input", param=param, bottoms=[], bottom_names=[], bottom_shapes=[],
-        tops=[layer.tops[j] for j in keep], top_names=[layer.top_names[j] for j in keep],
-        top_shapes=[layer.top_shapes[j] for j in keep], param_shapes=[], param_specs=[],
-        share_keys=[], loss_weights=[0.0] * len(keep), params=0, flops=0)
-
-
-def _rebuild(compiled, layers, output_versions):
-    versions = {top for layer in layers for top in layer.tops}
-    name_of = {top: name for layer in layers for name, top in zip(layer.top_names, layer.tops)}
-    latest = {}
-    for layer in layers:
-        for name, top in zip(layer.top_names, layer.tops):
-            latest[name] = top
-    names = {layer.name for layer in layers}
-    share_groups = {}
-    for key, members in compiled.share_groups.items():
-        members = [member for member in members if member[0] in names]
-        if members:
-            share_groups[key] = members
-    nodes = [("layer", layer.key) for layer in layers] + [("blob", v) for v in versions]
-    return dataclasses.replace(
-        compiled, layers=layers, blobs={v: s for v, s in compiled.blobs.items() if v in versions},
-        latest=latest, inputs=[n for layer in layers if layer.type == "Input"
-                               for n in layer.top_names],
-        outputs=sorted({name_of[version] for version in output_versions}),
-        graph=compiled.graph.subgraph(nodes).copy(), share_groups=share_groups,
-        _by_key={layer.key: layer for layer in layers})
+    """The deployable part of a compiled net (compiler.deploy.deployable), refusing first a
+    layer type no converter can express."""
+    return deploy.deployable(compiled, check_layers=_check_types)
 
 
 def load_deployable(net, phase="TEST", stages=(), level=0, input_shapes=None):
@@ -572,77 +448,6 @@ class _State:
 
 # ---------------------------------------------------------------------------------------------
 # Dynamic batch
-
-
-def _time_major_inputs(compiled):
-    """Input blobs laid out (T, N, ...): read as x or cont by an LSTM / RNN, or by LSTMUnit
-    (1, N, ...), directly or through layers that keep the leading axes (element-wise layers,
-    Embed, InnerProduct / Concat / Slice on axis >= 2)."""
-    marked = set()
-    for layer in compiled.layers:
-        if has_trait(layer.type, RECURRENT):
-            marked.update(layer.bottoms[:2])
-        elif layer.type == "LSTMUnit":
-            marked.update(layer.bottoms)
-    for layer in reversed(compiled.layers):
-        if not marked.intersection(layer.tops):
-            continue
-        if has_trait(layer.type, TIME_MAJOR_PASSTHROUGH) or (
-                layer.type in ("InnerProduct", "Concat", "Slice") and layer.attrs.axis >= 2):
-            marked.update(layer.bottoms)
-    return {name for name in compiled.inputs if name in marked}
-
-
-def input_batch_axes(compiled):
-    """{input blob: its batch axis}: 1 for time-major inputs of recurrent layers, else 0."""
-    time_major = _time_major_inputs(compiled)
-    return {name: 1 if name in time_major else 0 for name in compiled.inputs}
-
-
-def rebatch(compiled, extra=1):
-    """The deployable net with every input's batch axis `extra` larger: the compiler's shape
-    rules run again over its layers (the dropped loss layers, whose labels keep their size,
-    play no part). A CompileError at the layer that fixes the batch size says it cannot vary."""
-    from compiler.shapes import ShapeContext, infer_layer
-    axes = input_batch_axes(compiled)
-    shapes, layers = {}, []
-    for layer in compiled.layers:
-        if layer.type == "Input":
-            tops = []
-            for name, top in zip(layer.top_names, layer.tops):
-                shape = list(compiled.blobs[top])
-                if axes[name] >= len(shape):
-                    raise CompileError(f"--dynamic-batch: input '{name}' has no axis "
-                                       f"{axes[name]} to vary", *layer.location)
-                shape[axes[name]] += extra
-                tops.append(tuple(shape))
-            param = caffe_pb2.LayerParameter()
-            param.CopyFrom(layer.param)
-            for shape_message, shape in zip(param.input_param.shape, tops):
-                shape_message.ClearField("dim")
-                shape_message.dim.extend(shape)
-            layer = dataclasses.replace(layer, param=param, top_shapes=tops)
-        else:
-            bottoms = [shapes[b] for b in layer.bottoms]
-            context = ShapeContext(layer.phase, compiled.source_file, {}, layer.location)
-            try:
-                result = infer_layer(layer.param, bottoms, context)
-            except CompileError as error:
-                raise CompileError(f"--dynamic-batch: layer '{layer.name}' ({layer.type}) "
-                                   f"does not take another batch size: {error.message}",
-                                   *layer.location, hint="the net fixes its batch size (e.g. "
-                                   "a Reshape with explicit dims); export without "
-                                   "--dynamic-batch") from None
-            if list(result.param_shapes) != list(layer.param_shapes):
-                raise CompileError(f"--dynamic-batch: layer '{layer.name}' ({layer.type}): its "
-                                   "weights' shapes depend on the batch size", *layer.location,
-                                   hint="export without --dynamic-batch")
-            layer = dataclasses.replace(layer, bottom_shapes=bottoms,
-                                        top_shapes=list(result.top_shapes))
-        shapes.update(zip(layer.tops, layer.top_shapes))
-        layers.append(layer)
-    return dataclasses.replace(compiled, layers=layers, blobs=shapes,
-                               _by_key={layer.key: layer for layer in layers})
 
 
 @dataclass
