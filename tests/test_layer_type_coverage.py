@@ -32,8 +32,8 @@ def test_every_declared_type_has_a_converter_or_a_reason(type_name):
     onnx_export = pytest.importorskip("runtime.onnx_export")
     exportable = type_name in onnx_export.exportable_types()
     reason = onnx_export.unexportable_reason(type_name)
-    assert exportable != (reason is not None), (
-        f"{type_name}: {'a converter and a reason' if exportable else 'neither a converter nor a reason'}")
+    problem = "a converter and a reason" if exportable else "neither a converter nor a reason"
+    assert exportable != (reason is not None), f"{type_name}: {problem}"
 
 
 def test_declarations_state_known_traits_only():

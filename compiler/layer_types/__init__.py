@@ -13,14 +13,14 @@ Declare a type with the `declare` decorator on its shape rule:
     @declare("ReLU", counts=ONE_IN_ONE_OUT, traits={NEURON, TIME_MAJOR_PASSTHROUGH})
     def relu_rule(layer, bottoms, context): ...
 
-The compute layers are declared in compiler/layer_shapes.py, the data layers in
-compiler/data_shapes.py; types defined outside compiler/ declare theirs in a module registered
+The compute layers are declared in this package's modules, one per family (neuron, vision,
+structural, loss, recurrent), the data layers in compiler/data_shapes.py; types defined outside compiler/ declare theirs in a module registered
 under the "lrcn.shape_rules" entry-point group (compiler/ never imports them by name).
 """
 
 from dataclasses import dataclass
 
-from .errors import CompileError
+from ..errors import CompileError
 
 # --- traits -----------------------------------------------------------------------------------
 
@@ -165,6 +165,7 @@ def _load_declarations():
     global _loaded
     if not _loaded:
         _loaded = True
-        from . import data_shapes, layer_shapes  # noqa: F401  (imported to declare types)
-        from .shapes import load_plugins
+        from .. import data_shapes  # noqa: F401  (imported to declare types)
+        from . import loss, neuron, recurrent, structural, vision  # noqa: F401
+        from ..shapes import load_plugins
         load_plugins("lrcn.shape_rules")
