@@ -9,13 +9,16 @@ from lrcn_proto import caffe_pb2
 def compiled_layer(text, bottom_shapes, top_shapes=(), param_shapes=(), phase="TRAIN"):
     """The CompiledLayer of `text` (one `layer { ... }` block) for a unit under test.
 
-    A layer with bottoms, all shaped by `bottom_shapes`, is compiled by compile_net in a
+    A layer with bottoms (one shape each in `bottom_shapes`) is compiled by compile_net in a
     one-layer net whose bottoms are Input blobs: the unit sees exactly what the compiler gives
     it, attrs included. `top_shapes` / `param_shapes`, when given, state what the test expects
     the compiler's shape rule to give, and are checked."""
     param = compiler.parse_text(text, "net").layer[0]
-    if not param.bottom or param.type == "Python" or len(bottom_shapes) < len(param.bottom):
+    if not param.bottom or param.type == "Python":
         return _stand_in(param, bottom_shapes, top_shapes, param_shapes, phase)
+    if len(bottom_shapes) != len(param.bottom):
+        raise ValueError(f"{param.type} layer '{param.name}': give one bottom shape per bottom "
+                         f"({len(param.bottom)}) so that it compiles")
     net = caffe_pb2.NetParameter(name="one_layer")
     shapes = {}
     for name, shape in zip(param.bottom, bottom_shapes):
@@ -35,9 +38,8 @@ def compiled_layer(text, bottom_shapes, top_shapes=(), param_shapes=(), phase="T
 
 
 def _stand_in(param, bottom_shapes, top_shapes, param_shapes, phase):
-    # For the units that read no compiled attribute: data layers (their tests exercise the
-    # unit's own reading of the files), Python layers, and units tested on tensors of several
-    # shapes (element-wise layers). The layer as written, with the shapes given, no attrs.
+    # Data layers (their tests exercise the unit's own reading of the files) and Python layers:
+    # the layer as written, with the shapes given, no attrs.
     return SimpleNamespace(
         name=param.name, type=param.type, param=param, phase=phase,
         bottoms=list(param.bottom), tops=list(param.top),

@@ -187,7 +187,8 @@ def sigmoid_ce_reference(x, t, ignore_label, mode):
     ("FULL", "loss_param { normalization: FULL }"),
 ])
 def test_sigmoid_cross_entropy(mode, params):
-    layer = make(loss.SigmoidCrossEntropyLoss, "SigmoidCrossEntropyLoss", params)
+    layer = make(loss.SigmoidCrossEntropyLoss, "SigmoidCrossEntropyLoss", params,
+                 shapes=[(3, 4), (3, 4)])
     x = rand(3, 4) * 5
     x[0, 0] = 0.0  # Caffe's gradient at 0 is sigmoid(0) - t
     x[0, 1] = 60.0
@@ -204,7 +205,8 @@ def test_sigmoid_cross_entropy(mode, params):
 
 
 def test_sigmoid_cross_entropy_gradcheck():
-    layer = make(loss.SigmoidCrossEntropyLoss, "SigmoidCrossEntropyLoss")
+    layer = make(loss.SigmoidCrossEntropyLoss, "SigmoidCrossEntropyLoss",
+                 shapes=[(3, 4), (3, 4)])
     x = rand(3, 4).requires_grad_(True)
     target = torch.rand(3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     assert gradcheck(lambda t: layer(t, target)[0], (x,), eps=1e-6, atol=1e-6)
@@ -213,7 +215,8 @@ def test_sigmoid_cross_entropy_gradcheck():
 # ---- EuclideanLoss / ContrastiveLoss / HingeLoss ----
 
 def test_euclidean_loss():
-    layer = make(loss.EuclideanLoss, "EuclideanLoss", bottoms=("a", "b"))
+    layer = make(loss.EuclideanLoss, "EuclideanLoss", bottoms=("a", "b"),
+                 shapes=[(4, 3), (4, 3)])
     a, b = rand(4, 3), rand(4, 3, seed=1)
     np.testing.assert_allclose(layer(a, b)[0].item(),
                                ((a - b) ** 2).sum().item() / 4 / 2, rtol=1e-12)
@@ -249,7 +252,8 @@ def contrastive_reference(a, b, y, margin, legacy):
 @pytest.mark.parametrize("legacy", [False, True])
 def test_contrastive_loss_matches_caffe_including_its_1e_4(legacy):
     params = f"contrastive_loss_param {{ margin: 2 legacy_version: {str(legacy).lower()} }}"
-    layer = make(loss.ContrastiveLoss, "ContrastiveLoss", params, bottoms=("a", "b", "y"))
+    layer = make(loss.ContrastiveLoss, "ContrastiveLoss", params, bottoms=("a", "b", "y"),
+                 shapes=[(6, 3, 1, 1), (6, 3, 1, 1), (6, 1, 1, 1)])
     a, b = rand(6, 3, 1, 1) * 0.6, rand(6, 3, 1, 1, seed=1) * 0.6
     b[5] = a[5]  # a dissimilar pair at distance 0: Caffe's gradient stays finite (zero diff)
     y = torch.tensor([1, 0, 1, 0, 0, 0], dtype=torch.float64).reshape(6, 1, 1, 1)
@@ -282,7 +286,8 @@ def hinge_reference(x, label, norm):
 
 @pytest.mark.parametrize("norm", ["L1", "L2"])
 def test_hinge_loss(norm):
-    layer = make(loss.HingeLoss, "HingeLoss", f"hinge_loss_param {{ norm: {norm} }}")
+    layer = make(loss.HingeLoss, "HingeLoss", f"hinge_loss_param {{ norm: {norm} }}",
+                 shapes=[(4, 5), (4,)])
     x = rand(4, 5)
     x[(x + 1).abs() < 0.05] += 0.1  # away from the hinge
     x[(x - 1).abs() < 0.05] += 0.1
@@ -298,7 +303,7 @@ def test_hinge_loss(norm):
 # ---- MultinomialLogisticLoss / InfogainLoss ----
 
 def test_multinomial_logistic_loss_with_its_clamp():
-    layer = make(loss.MultinomialLogisticLoss, "MultinomialLogisticLoss")
+    layer = make(loss.MultinomialLogisticLoss, "MultinomialLogisticLoss", shapes=[(3, 3), (3,)])
     prob = torch.tensor([[0.2, 0.5, 0.3], [0.0, 0.9, 0.1], [0.6, 0.3, 0.1]],
                         dtype=torch.float64)
     label = torch.tensor([1, 0, 2], dtype=torch.float64)
@@ -367,7 +372,7 @@ def test_infogain_loss_reads_its_matrix_file(tmp_path):
 def test_infogain_rejects_legacy_normalize():
     with pytest.raises(ValueError, match="normalize"):
         make(loss.InfogainLoss, "InfogainLoss", "loss_param { normalize: true }",
-             bottoms=("x", "label", "H"))
+             bottoms=("x", "label", "H"), shapes=[(2, 3), (2,), (3, 3)])
 
 
 # ---- Accuracy ----

@@ -128,7 +128,7 @@ def test_concat():
 
 
 def test_split_sums_the_gradients_of_its_tops():
-    layer = make(structural.Split, "Split", tops=("a", "b", "c"))
+    layer = make(structural.Split, "Split", tops=("a", "b", "c"), bottom_shapes=[(2, 3)])
     x = leaf(rand(2, 3))
     a, b, c = layer(x)
     (a + 2 * b + 3 * c).sum().backward()
@@ -136,7 +136,8 @@ def test_split_sums_the_gradients_of_its_tops():
 
 
 def test_silence_has_no_tops():
-    layer = make(structural.Silence, "Silence", bottoms=("a", "b"), tops=())
+    layer = make(structural.Silence, "Silence", bottoms=("a", "b"), tops=(),
+                 bottom_shapes=[(2,), (3,)])
     assert layer(rand(2), rand(3)) == ()
 
 
@@ -144,12 +145,13 @@ def test_silence_has_no_tops():
 
 def test_eltwise_sum_with_coeffs_and_prod():
     s = make(structural.Eltwise, "Eltwise",
-             "eltwise_param { operation: SUM coeff: 1 coeff: -0.5 }", bottoms=("a", "b"))
+             "eltwise_param { operation: SUM coeff: 1 coeff: -0.5 }", bottoms=("a", "b"),
+             bottom_shapes=[(2, 3)] * 2)
     a, b = rand(2, 3), rand(2, 3, seed=1)
     np.testing.assert_allclose(s(a, b)[0].numpy(), a.numpy() - 0.5 * b.numpy())
     check_grad(lambda x, y: s(x, y)[0], a, b)
     p = make(structural.Eltwise, "Eltwise", "eltwise_param { operation: PROD }",
-             bottoms=("a", "b", "c"))
+             bottoms=("a", "b", "c"), bottom_shapes=[(2, 3)] * 3)
     c = rand(2, 3, seed=2)
     np.testing.assert_allclose(p(a, b, c)[0].numpy(), a.numpy() * b.numpy() * c.numpy())
     check_grad(lambda x, y, z: p(x, y, z)[0], a, b, c)
@@ -157,7 +159,7 @@ def test_eltwise_sum_with_coeffs_and_prod():
 
 def test_eltwise_max_value_and_gradcheck_without_ties():
     m = make(structural.Eltwise, "Eltwise", "eltwise_param { operation: MAX }",
-             bottoms=("a", "b", "c"))
+             bottoms=("a", "b", "c"), bottom_shapes=[(2, 3)] * 3)
     a, b, c = rand(2, 3), rand(2, 3, seed=1), rand(2, 3, seed=2)
     np.testing.assert_allclose(m(a, b, c)[0].numpy(),
                                np.maximum(np.maximum(a.numpy(), b.numpy()), c.numpy()))
@@ -166,7 +168,7 @@ def test_eltwise_max_value_and_gradcheck_without_ties():
 
 def test_eltwise_max_routes_ties_like_caffe_cpu():
     m = make(structural.Eltwise, "Eltwise", "eltwise_param { operation: MAX }",
-             bottoms=("a", "b", "c"))
+             bottoms=("a", "b", "c"), bottom_shapes=[(4,)] * 3)
     # Column 0: all equal -> bottom 1 (0 must be strictly greater to beat 1; 2 must be
     # strictly greater to beat the winner). Column 1: 0 wins, 2 ties it -> stays 0.
     # Column 2: 2 strictly greater -> 2. Column 3: 0 and 1 tie, 2 lower -> 1.
@@ -198,7 +200,7 @@ def eltwise_coeff_blob_reference(inputs, coeff_blob, coeffs):
 def test_eltwise_coeff_blob(coeff_shape):
     layer = make(structural.Eltwise, "Eltwise",
                  "eltwise_param { operation: SUM coeff_blob: true coeff: 2 coeff: -1 }",
-                 bottoms=("a", "b", "w"))
+                 bottoms=("a", "b", "w"), bottom_shapes=[(2, 3, 4), (2, 3, 4), coeff_shape])
     assert layer.no_grad_bottoms == (2,)
     a, b, w = rand(2, 3, 4), rand(2, 3, 4, seed=1), rand(*coeff_shape, seed=2)
     expected = eltwise_coeff_blob_reference([a.numpy(), b.numpy()], w.numpy(), [2.0, -1.0])
@@ -308,7 +310,7 @@ def test_structural_units_run_on_cuda():
     assert make(structural.ArgMax, "ArgMax", "argmax_param { top_k: 2 }",
                 bottom_shapes=shapes)(x)[0].is_cuda
     m = make(structural.Eltwise, "Eltwise", "eltwise_param { coeff_blob: true }",
-             bottoms=("a", "b", "w"))
+             bottoms=("a", "b", "w"), bottom_shapes=[(2, 5, 3), (2, 5, 3), (2, 2)])
     assert m(x, x, torch.ones(2, 2, dtype=torch.float64, device="cuda"))[0].is_cuda
     assert make(structural.Reduction, "Reduction", bottom_shapes=shapes)(x)[0].is_cuda
 
