@@ -271,7 +271,7 @@ class Net(nn.Module):
         if unit_class is None:
             raise LayerError(layer, "this type is not supported by the runtime")
         rng = self.rng
-        if self.data_shard is not None and layer.type in sharding.SHARDED_TYPES:
+        if self.data_shard is not None and unit_class.shardable:
             # The record order must be the same on every rank (the net's own seed differs).
             data_seed = self.data_shard.data_seed
             rng = torch.Generator().manual_seed(DEFAULT_SEED if data_seed is None

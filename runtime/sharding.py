@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 
 from compiler.layer_types import RECURRENT, has_trait
 
-SHARDED_TYPES = ("HDF5Data", "ImageData", "Data", "VideoData")
 # Layers a cont blob may pass through on its way from the data layer to the recurrent layer.
 _PASS_THROUGH = ("Reshape", "Split", "Flatten")
 
@@ -102,6 +101,13 @@ class Plan:
         return lines
 
 
+def is_shardable(type_name):
+    """Whether the type's unit reads its batches through `load` (CaffeLayer.shardable)."""
+    from runtime.layers.registry import unit_for    # torch is imported only where it runs
+    unit = unit_for(type_name)
+    return unit is not None and unit.shardable
+
+
 def plan(compiled, shard):
     """The Plan for a compiled net on `shard` (its shapes are those of one process)."""
     result = Plan()
@@ -118,7 +124,7 @@ def plan(compiled, shard):
     for layer in compiled.layers:
         if layer.bottoms or not layer.tops or layer.type == "Input":
             continue
-        if layer.type not in SHARDED_TYPES:
+        if not is_shardable(layer.type):
             result.unsharded.append((layer.name, layer.type))
             continue
         if not result.streams:

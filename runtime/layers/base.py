@@ -36,6 +36,9 @@ class CaffeLayer(nn.Module):
 
     # Indices of bottoms that never receive a gradient (labels, cont markers, indices).
     no_grad_bottoms = ()
+    # A data unit that reads its batches through runtime.sharding.load (so that several ranks
+    # can split them) says so.
+    shardable = False
 
     def __init__(self, layer, rng=None):
         super().__init__()

@@ -49,6 +49,8 @@ def _naming_file(layer):
 class DataLayer(CaffeLayer):
     """Shared machinery: seed, prefetcher, bad-record policy, top_shapes()."""
 
+    shardable = True
+
     def __init__(self, layer, rng=None):
         super().__init__(layer, rng)
         self.seed = prefetch.layer_seed(self.rng, layer.name)
