@@ -1,4 +1,4 @@
-"""Shape rules of the data layers: their tops come from the files they read.
+"""Declarations of the data layers: their tops come from the files they read.
 
 Each rule reads as little as it can (the first HDF5 file's dataset shapes, the first image's
 header, the first LMDB record). When a file a layer names is absent, the top shapes are None
@@ -11,25 +11,11 @@ from lrcn_proto import caffe_pb2
 
 from . import data_sources as sources
 from .errors import CompileError
-from .shapes import LayerShapes, shape_rule
+from .layer_types import DATA, SINK, BlobCounts, declare, fixed
+from .shapes import LayerShapes
 
 
 # --- checks shared by the rules (and by runtime.transform) --------------------------------
-
-def check_tops(layer, minimum, maximum=None):
-    count = len(layer.top)
-    if count < minimum or (maximum is not None and count > maximum):
-        wanted = (f"exactly {minimum}" if minimum == maximum else
-                  f"at least {minimum}" if maximum is None else f"{minimum} to {maximum}")
-        raise CompileError(f"{layer.type} layer '{layer.name}' has {count} top(s); it takes "
-                           f"{wanted}")
-
-
-def check_no_bottoms(layer, bottom_shapes):
-    if bottom_shapes:
-        raise CompileError(f"{layer.type} layer '{layer.name}' takes no bottoms, "
-                           f"got {len(bottom_shapes)}", hint="data layers only produce blobs")
-
 
 def check_positive(value, what, layer):
     if value <= 0:
@@ -96,7 +82,6 @@ def _with_label(layer, batch, data_shape):
 
 def check_hdf5_data(layer):
     """HDF5DataLayer::LayerSetUp's checks of the settings (no file read)."""
-    check_tops(layer, 1)
     if layer.HasField("transform_param"):
         raise CompileError(f"HDF5Data layer '{layer.name}' does not transform data",
                            hint="remove transform_param (Caffe refuses it: HDF5 data is stored "
@@ -105,9 +90,8 @@ def check_hdf5_data(layer):
     return _required_source(layer.hdf5_data_param.source, layer, "hdf5_data_param.source")
 
 
-@shape_rule("HDF5Data")
+@declare("HDF5Data", counts=BlobCounts(0, 0, 1, None), traits={DATA})
 def hdf5_data_shapes(layer, bottom_shapes, context):
-    check_no_bottoms(layer, bottom_shapes)
     source = check_hdf5_data(layer)
     param = layer.hdf5_data_param
     try:
@@ -120,19 +104,14 @@ def hdf5_data_shapes(layer, bottom_shapes, context):
     return LayerShapes([(param.batch_size,) + shapes[top][1:] for top in layer.top])
 
 
-@shape_rule("HDF5Output")
+@declare("HDF5Output", counts=fixed(2, 0), traits={SINK})
 def hdf5_output_shapes(layer, bottom_shapes, context):
-    if len(bottom_shapes) != 2:
-        raise CompileError(f"HDF5Output layer '{layer.name}' takes exactly 2 bottoms (data and "
-                           f"label), got {len(bottom_shapes)}")
-    check_tops(layer, 0, 0)
     _required_source(layer.hdf5_output_param.file_name, layer, "hdf5_output_param.file_name")
     return LayerShapes([])
 
 
 def check_image_data(layer):
     """ImageDataLayer::DataLayerSetUp's checks of the settings (no file read)."""
-    check_tops(layer, 1, 2)
     param = layer.image_data_param
     check_positive(param.batch_size, "image_data_param.batch_size", layer)
     if (param.new_height > 0) != (param.new_width > 0):
@@ -144,9 +123,8 @@ def check_image_data(layer):
     return _required_source(param.source, layer, "image_data_param.source")
 
 
-@shape_rule("ImageData")
+@declare("ImageData", counts=fixed(0, 2), traits={DATA})
 def image_data_shapes(layer, bottom_shapes, context):
-    check_no_bottoms(layer, bottom_shapes)
     check_image_data(layer)
     param = layer.image_data_param
     channels = sources.image_channels(param.is_color)
@@ -180,15 +158,13 @@ def image_size(layer, context):
 
 def check_data(layer):
     """DataLayer's checks of the settings (no database read)."""
-    check_tops(layer, 1, 2)
     check_positive(layer.data_param.batch_size, "data_param.batch_size", layer)
     check_transform(layer.transform_param)
     return _required_source(layer.data_param.source, layer, "data_param.source")
 
 
-@shape_rule("Data")
+@declare("Data", counts=BlobCounts(0, 0, 1, 2), traits={DATA})
 def data_shapes(layer, bottom_shapes, context):
-    check_no_bottoms(layer, bottom_shapes)
     source = check_data(layer)
     param = layer.data_param
     try:
@@ -212,10 +188,8 @@ def encoded_color(layer):
     return None
 
 
-@shape_rule("DummyData")
+@declare("DummyData", counts=BlobCounts(0, 0, 1, None), traits={DATA})
 def dummy_data_shapes(layer, bottom_shapes, context):
-    check_no_bottoms(layer, bottom_shapes)
-    check_tops(layer, 1)
     return LayerShapes(dummy_shapes(layer))
 
 
@@ -246,10 +220,8 @@ def _pick(values, index):
     return values[0] if len(values) == 1 else values[index]
 
 
-@shape_rule("MemoryData")
+@declare("MemoryData", counts=fixed(0, 2), traits={DATA})
 def memory_data_shapes(layer, bottom_shapes, context):
-    check_no_bottoms(layer, bottom_shapes)
-    check_tops(layer, 2, 2)
     param = layer.memory_data_param
     dims = (param.batch_size, param.channels, param.height, param.width)
     if min(dims) <= 0:
@@ -258,10 +230,8 @@ def memory_data_shapes(layer, bottom_shapes, context):
     return LayerShapes([dims, (param.batch_size,)])
 
 
-@shape_rule("WindowData")
+@declare("WindowData", counts=fixed(0, 2), traits={DATA})
 def window_data_shapes(layer, bottom_shapes, context):
-    check_no_bottoms(layer, bottom_shapes)
-    check_tops(layer, 2, 2)
     param = layer.window_data_param
     check_positive(param.batch_size, "window_data_param.batch_size", layer)
     crop = layer.transform_param.crop_size
@@ -272,7 +242,7 @@ def window_data_shapes(layer, bottom_shapes, context):
     return LayerShapes([(param.batch_size, 3, crop, crop), (param.batch_size,)])
 
 
-@shape_rule("Python")
+@declare("Python", counts=None)
 def python_shapes(layer, bottom_shapes, context):
     # A Python layer's tops are whatever its reshape() makes them: unknown until it runs.
     # CompiledNet's input_shapes names them where a net needs them statically.

@@ -20,7 +20,7 @@ import networkx as nx
 
 from lrcn_proto import caffe_pb2
 
-from . import shapes, sizes
+from . import layer_types, shapes, sizes
 from .errors import CompileError, did_you_mean
 from .netstate import describe_state, filter_net, phase_name
 from .schema import Document, load_file
@@ -30,91 +30,11 @@ from .validate import check_filled_blobs_not_empty, check_fillers
 AUTOMATIC_TOP = "(automatic)"   # Caffe's name for a top it adds to a loss layer (AutoTopBlobs)
 
 
-# --- blob counts per layer type (Caffe's ExactNum/Min/Max Bottom/Top Blobs) -------------------
-
-@dataclass(frozen=True)
-class BlobCounts:
-    min_bottoms: int
-    max_bottoms: object          # None: no upper limit
-    min_tops: int
-    max_tops: object
-    one_top_per_bottom: bool = False   # Convolution: EqualNumBottomTopBlobs
-    auto_tops: bool = False            # LossLayer: Caffe adds missing tops (AutoTopBlobs)
-
-
-def _fixed(bottoms, tops):
-    return BlobCounts(bottoms, bottoms, tops, tops)
-
-
-_NEURON_TYPES = ("AbsVal", "BNLL", "Clip", "Dropout", "ELU", "Exp", "Log", "Power", "PReLU",
-                 "ReLU", "Sigmoid", "Swish", "TanH", "Threshold")
-_ONE_IN_ONE_OUT = ("ArgMax", "BatchNorm", "Embed", "Flatten", "Im2col", "InnerProduct", "LRN",
-                   "MVN", "Reduction", "Reshape", "Softmax", "SPP", "Tile")
-
-# Types whose counts do not depend on their parameters; Convolution, Deconvolution, Pooling,
-# LSTM and RNN are decided in blob_counts(). Python layers are unconstrained, as in Caffe.
-BLOB_COUNTS = {
-    **{name: _fixed(1, 1) for name in _NEURON_TYPES + _ONE_IN_ONE_OUT},
-    "Bias": BlobCounts(1, 2, 1, 1),
-    "Scale": BlobCounts(1, 2, 1, 1),
-    "BatchReindex": _fixed(2, 1),
-    "Crop": _fixed(2, 1),
-    "Concat": BlobCounts(1, None, 1, 1),
-    "Eltwise": BlobCounts(2, None, 1, 1),
-    "Slice": BlobCounts(1, 1, 1, None),
-    "Split": BlobCounts(1, 1, 1, None),
-    "Silence": BlobCounts(1, None, 0, 0),
-    "Filter": BlobCounts(2, None, 1, None),
-    "Accuracy": BlobCounts(2, 2, 1, 2),
-    "LSTMUnit": _fixed(3, 2),
-    "Parameter": _fixed(0, 1),
-    "Input": BlobCounts(0, 0, 1, None),
-    "Data": BlobCounts(0, 0, 1, 2),
-    "ImageData": _fixed(0, 2),
-    "WindowData": _fixed(0, 2),
-    "MemoryData": _fixed(0, 2),
-    "HDF5Data": BlobCounts(0, 0, 1, None),
-    "DummyData": BlobCounts(0, 0, 1, None),
-    "HDF5Output": _fixed(2, 0),
-    "EuclideanLoss": BlobCounts(2, 2, 1, 1, auto_tops=True),
-    "HingeLoss": BlobCounts(2, 2, 1, 1, auto_tops=True),
-    "MultinomialLogisticLoss": BlobCounts(2, 2, 1, 1, auto_tops=True),
-    "SigmoidCrossEntropyLoss": BlobCounts(2, 2, 1, 1, auto_tops=True),
-    "ContrastiveLoss": BlobCounts(3, 3, 1, 1, auto_tops=True),
-    "SoftmaxWithLoss": BlobCounts(2, 2, 1, 2, auto_tops=True),
-    "InfogainLoss": BlobCounts(2, 3, 1, 2, auto_tops=True),
-}
-
-# Hidden-state blobs a recurrent layer adds with expose_hidden (RecurrentInputBlobNames).
-_RECURRENT_STATES = {"LSTM": 2, "RNN": 1}
-_CONVOLUTION_TYPES = ("Convolution", "Deconvolution")
-_UNCONSTRAINED_TYPES = ("Python",)
-
-
-def declare_blob_counts(type_name, min_bottoms, max_bottoms, min_tops, max_tops):
-    """Blob counts of a layer type defined outside compiler/ (a plugin's shape-rule module
-    calls this next to its @shape_rule). None as a maximum: no upper limit."""
-    BLOB_COUNTS[type_name] = BlobCounts(min_bottoms, max_bottoms, min_tops, max_tops)
-
-
 def blob_counts(layer):
-    """The BlobCounts Caffe enforces for `layer`, or None when its type sets no limits."""
-    if layer.type in _CONVOLUTION_TYPES:
-        return BlobCounts(1, None, 1, None, one_top_per_bottom=True)
-    if layer.type == "Pooling":
-        # A MAX pooling layer may expose its argmax mask as a second top.
-        max_tops = 2 if layer.pooling_param.pool == caffe_pb2.PoolingParameter.MAX else 1
-        return BlobCounts(1, 1, 1, max_tops)
-    if layer.type in _RECURRENT_STATES:
-        exposed = _RECURRENT_STATES[layer.type] if layer.recurrent_param.expose_hidden else 0
-        return BlobCounts(2 + exposed, 3 + exposed, 1 + exposed, 1 + exposed)
-    return BLOB_COUNTS.get(layer.type)
-
-
-def counted_types():
-    """Every type whose blob counts are known (including the parameter-dependent ones)."""
-    return (set(BLOB_COUNTS) | set(_CONVOLUTION_TYPES) | {"Pooling"} | set(_RECURRENT_STATES)
-            | set(_UNCONSTRAINED_TYPES))
+    """The BlobCounts Caffe enforces for `layer` (its type's declaration), or None when its
+    type sets no limits or is not declared."""
+    declared = layer_types.declaration(layer.type)
+    return declared.blob_counts(layer) if declared is not None else None
 
 
 # --- the compiled net -----------------------------------------------------------------------------
@@ -149,6 +69,7 @@ class CompiledLayer:
     flops: object
     location: tuple
     index: int       # position in the net after upgrade, before NetState selection
+    attrs: object = None   # resolved attributes from the type's shape rule (None: shapes unknown)
 
 
 @dataclass
@@ -207,13 +128,16 @@ class CompiledNet:
         return [layer for layer in self.layers if any(w != 0 for w in layer.loss_weights)]
 
 
-def compile_net(net, phase="TRAIN", stages=(), level=0, input_shapes=None, state=None):
+def compile_net(net, phase="TRAIN", stages=(), level=0, input_shapes=None, state=None,
+                outputs=None):
     """A NetParameter, compiler.Document or .prototxt path -> CompiledNet for one NetState.
 
     The state is built as Caffe's Net(file, phase, level, stages) builds it: the net's own
     `state`, with phase and level set and stages added. Pass `state` (a NetState, e.g. from
     solver_net_states) to use it as is. `input_shapes` ({blob: shape}) fixes the shapes of tops
-    no rule can know (Python data layers, data files that are absent).
+    no rule can know (Python data layers, data files that are absent). `outputs` (blob names)
+    chooses the net's outputs instead of Caffe's rule (the blobs no layer reads), as a
+    deployed net does (compiler.deploy).
     """
     document, message = _as_document(net)
     source_file = document.filename if document else None
@@ -223,7 +147,7 @@ def compile_net(net, phase="TRAIN", stages=(), level=0, input_shapes=None, state
     builder = _NetBuilder(upgraded, selection, places, input_shapes, source_file)
     for index, layer in zip(selection.indices, selection.net.layer):
         builder.add_layer(index, layer)
-    return builder.finish()
+    return builder.finish(outputs)
 
 
 def _as_document(net):
@@ -344,11 +268,11 @@ class _NetBuilder:
         where = self.places.locate(index)
         inferred = self._infer(layer, bottom_shapes, where)
         if inferred is None:
-            top_shapes, param_shapes, flops = [None] * len(layer.top), None, None
+            top_shapes, param_shapes, flops, attrs = [None] * len(layer.top), None, None, None
         else:
-            top_shapes, param_shapes, flops = inferred
+            top_shapes, param_shapes, flops, attrs = inferred
         check_fillers(layer, param_shapes, top_shapes,
-                      lambda *path: self.places.locate(index, *path))
+                      lambda *path: self.places.locate(index, *path), attrs)
         check_filled_blobs_not_empty(layer, param_shapes, top_shapes,
                                      lambda *path: self.places.locate(index, *path))
         specs, keys = self._param_specs(layer, param_shapes, index)
@@ -359,19 +283,19 @@ class _NetBuilder:
             bottom_shapes=bottom_shapes, top_shapes=top_shapes, param_shapes=param_shapes,
             param_specs=specs, share_keys=keys, loss_weights=self._loss_weights(layer),
             params=None if param_shapes is None else sum(map(shapes.count, param_shapes)),
-            flops=flops, location=where, index=index)
+            flops=flops, location=where, index=index, attrs=attrs)
         return compiled, written_tops
 
     def _check_type(self, layer, index):
         if not layer.type:
             raise CompileError(f"layer '{layer.name}' has no type", *self.places.locate(index),
                                hint='add a type, e.g. type: "Convolution"')
-        known = shapes.supported_types()
+        known = layer_types.declared_types()
         if layer.type not in known:
             raise CompileError(f"layer '{layer.name}': unknown layer type '{layer.type}'",
                                *self.places.locate(index, "type"),
                                hint=did_you_mean(layer.type, sorted(known), "") or
-                               "see compiler.shapes.supported_types() for the known types")
+                               "see compiler.layer_types.declared_types() for the known types")
 
     def _add_automatic_tops(self, layer, counts):
         # Caffe gives a loss layer written without a top an anonymous one to hold the loss.
@@ -380,28 +304,11 @@ class _NetBuilder:
                 layer.top.append(AUTOMATIC_TOP)
 
     def _check_counts(self, layer, counts, index):
-        if counts is None:
-            return
-        where = self.places.locate(index)
-        for what, given, low, high in (("bottom", len(layer.bottom), counts.min_bottoms,
-                                        counts.max_bottoms),
-                                       ("top", len(layer.top), counts.min_tops, counts.max_tops)):
-            if (high is None or given <= high) and given >= low:
-                continue
-            raise CompileError(f"{_label(layer)}: needs {self._count_words(low, high, what)}, "
-                               f"has {given}", *where)
-        if counts.one_top_per_bottom and len(layer.top) != len(layer.bottom):
-            raise CompileError(f"{_label(layer)}: needs one top per bottom, has "
-                               f"{_plural(len(layer.bottom), 'bottom')} and "
-                               f"{_plural(len(layer.top), 'top')}", *where)
-
-    @staticmethod
-    def _count_words(low, high, what):
-        if low == high:
-            return f"exactly {_plural(low, what)}"
-        if high is None:
-            return f"at least {_plural(low, what)}"
-        return f"{low} to {high} {what}s"
+        try:
+            layer_types.check_blob_counts(counts, len(layer.bottom), len(layer.top))
+        except CompileError as error:
+            raise CompileError(f"{_label(layer)}: {error.message}",
+                               *self.places.locate(index)) from None
 
     def _check_per_bottom_and_top_lists(self, layer, index):
         if layer.propagate_down and len(layer.propagate_down) != len(layer.bottom):
@@ -528,7 +435,7 @@ class _NetBuilder:
         if len(result.top_shapes) != len(layer.top):
             raise RuntimeError(f"the shape rule for {layer.type} gave "
                                f"{len(result.top_shapes)} top shapes for {len(layer.top)} tops")
-        return list(result.top_shapes), list(result.param_shapes), result.flops
+        return list(result.top_shapes), list(result.param_shapes), result.flops, result.attrs
 
     @staticmethod
     def _located(error, layer, where):
@@ -557,12 +464,12 @@ class _NetBuilder:
             if i < len(written):
                 spec.CopyFrom(written[i])
             specs.append(spec)
-        if layer.type == "BatchNorm":
-            self._freeze_batch_norm_statistics(layer, specs, len(written), index)
+        if layer_types.has_trait(layer.type, layer_types.FROZEN_BLOBS):
+            self._freeze_statistics(layer, specs, len(written), index)
         keys = [spec.name or f"{layer.name}/{i}" for i, spec in enumerate(specs)]
         return specs, keys
 
-    def _freeze_batch_norm_statistics(self, layer, specs, written, index):
+    def _freeze_statistics(self, layer, specs, written, index):
         # BatchNormLayer::LayerSetUp: its blobs are running statistics, never learned.
         for i, spec in enumerate(specs):
             if i >= written:
@@ -578,7 +485,7 @@ class _NetBuilder:
             return list(layer.loss_weight)
         # LossLayer::LayerSetUp: a loss layer's first top weighs 1, every other top 0.
         weights = [0.0] * len(layer.top)
-        if layer.type.endswith("Loss") and weights:
+        if layer_types.has_trait(layer.type, layer_types.LOSS) and weights:
             weights[0] = 1.0
         return weights
 
@@ -600,7 +507,7 @@ class _NetBuilder:
                                 shape=self.blobs[top], producer=layer.key)
             self.graph.add_edge(node, ("blob", top), indices=[j])
 
-    def finish(self):
+    def finish(self, chosen_outputs=None):
         for node, data in self.graph.nodes(data=True):
             if data["kind"] == "blob":
                 # Fan-out: Caffe would insert a Split layer here; autograd sums the gradients.
@@ -608,6 +515,13 @@ class _NetBuilder:
         self.shares.settle_multipliers()
         outputs = sorted(name for name, version in self.readable.items()
                          if not self.graph.out_degree(("blob", version)))
+        if chosen_outputs is not None:
+            unknown = [name for name in chosen_outputs if name not in self.readable]
+            if unknown:
+                raise CompileError(f"output '{unknown[0]}' is not a blob of the net",
+                                   self.source_file,
+                                   hint=did_you_mean(unknown[0], sorted(self.readable), ""))
+            outputs = sorted(set(chosen_outputs))
         inputs = [name for layer in self.layers if layer.type == "Input"
                   for name in layer.top_names]
         state = self.state

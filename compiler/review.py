@@ -618,32 +618,33 @@ def is_in_place(layer):
 def layer_label(layer):
     """name, type, the parameters that decide its shape, and its learnable-value count."""
     lines = [layer.name, f"({layer.type})"]
-    lines.extend(_key_params(layer.param))
+    lines.extend(_key_params(layer))
     if layer.params:
         lines.append(f"{human_count(layer.params)} params")
     return "\n".join(lines)
 
 
-def _key_params(param):
+def _key_params(layer):
+    # Geometry comes from the compiler's resolved attributes (Caffe's defaults and spellings
+    # applied); it is unknown, and left out, where the layer's bottom shapes are.
+    param, attrs = layer.param, layer.attrs
     if param.type in ("Convolution", "Deconvolution"):
         conv = param.convolution_param
-        kernel = _pair_text(conv.kernel_size, conv, "kernel_h", "kernel_w", "?")
-        stride = _pair_text(conv.stride, conv, "stride_h", "stride_w", "1")
-        pad = _pair_text(conv.pad, conv, "pad_h", "pad_w", "0")
-        lines = [f"kernel {kernel}, stride {stride}, pad {pad}", f"num_output {conv.num_output}"]
+        lines = [f"num_output {conv.num_output}"]
         if conv.group != 1:
             lines[-1] += f", group {conv.group}"
+        if attrs is not None:
+            lines.insert(0, f"kernel {_dims_text(attrs.kernel)}, stride "
+                            f"{_dims_text(attrs.stride)}, pad {_dims_text(attrs.pad)}")
         return lines
     if param.type == "Pooling":
-        pool = param.pooling_param
-        method = caffe_pb2.PoolingParameter.PoolMethod.Name(pool.pool)
-        if pool.global_pooling:
+        method = caffe_pb2.PoolingParameter.PoolMethod.Name(param.pooling_param.pool)
+        if param.pooling_param.global_pooling:
             return [f"{method} global"]
-        kernel = _pair_text([pool.kernel_size] if pool.HasField("kernel_size") else [], pool,
-                            "kernel_h", "kernel_w", "?")
-        stride = _pair_text([pool.stride], pool, "stride_h", "stride_w", "1")
-        pad = _pair_text([pool.pad], pool, "pad_h", "pad_w", "0")
-        return [f"{method} kernel {kernel}, stride {stride}, pad {pad}"]
+        if attrs is None:
+            return [method]
+        return [f"{method} kernel {_dims_text(attrs.kernel)}, stride {_dims_text(attrs.stride)}, "
+                f"pad {_dims_text(attrs.pad)}"]
     if param.type == "InnerProduct":
         return [f"num_output {param.inner_product_param.num_output}"]
     if param.type in ("LSTM", "RNN"):
@@ -658,14 +659,9 @@ def _key_params(param):
     return []
 
 
-def _pair_text(values, message, h_field, w_field, default):
-    """Caffe's kernel/stride/pad spellings -> '11', '3x5' (h x w) or the default."""
-    if message.HasField(h_field) or message.HasField(w_field):
-        return f"{getattr(message, h_field)}x{getattr(message, w_field)}"
-    values = list(values)
-    if not values:
-        return default
-    return "x".join(str(v) for v in values)
+def _dims_text(values):
+    """(11, 11) -> '11'; (3, 5) -> '3x5' (h x w)."""
+    return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
 
 
 @dataclass

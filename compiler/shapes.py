@@ -1,9 +1,9 @@
-"""Shape inference: one registered rule per layer type.
+"""Shape inference: the shape rule of each declared layer type (compiler.layer_types).
 
 A rule sees the layer's LayerParameter, its bottom shapes and a ShapeContext, and returns the
-top shapes, the shapes of its learnable blobs (Caffe order and layout) and its forward FLOPs.
-It is the only place a layer's shape arithmetic is written: the runtime reads
-CompiledLayer.top_shapes / param_shapes instead of restating it.
+top shapes, the shapes of its learnable blobs (Caffe order and layout), its forward FLOPs and
+its resolved attributes. It is the only place a layer's shape arithmetic and parameter reading
+is written: the runtime reads CompiledLayer.top_shapes / param_shapes / attrs instead.
 
 Rules raise CompileError without a location; compiler.graph adds the layer's file:line:col.
 """
@@ -12,8 +12,7 @@ import math
 from dataclasses import dataclass, field as dataclass_field
 
 from .errors import CompileError
-
-_RULES = {}
+from .layer_types import check_blob_counts, declaration, declared_types
 
 
 @dataclass
@@ -21,6 +20,7 @@ class LayerShapes:
     top_shapes: list                 # one tuple of ints per top (None: not known statically)
     param_shapes: list = dataclass_field(default_factory=list)   # Caffe blob order
     flops: int = 0                   # forward floating-point operations (a multiply-add is 2)
+    attrs: object = None             # the layer's resolved attributes (see compiler.layer_types)
 
 
 @dataclass
@@ -31,27 +31,19 @@ class ShapeContext:
     location: tuple = (None, None, None)                          # (file, line, col) of the layer
 
 
-def shape_rule(*type_names):
-    """Decorator registering `rule(layer, bottom_shapes, context) -> LayerShapes`."""
-    def decorate(function):
-        for name in type_names:
-            _RULES[name] = function
-        return function
-    return decorate
-
-
 def supported_types():
-    _load_rule_modules()
-    return set(_RULES)
+    """Every declared layer type."""
+    return declared_types()
 
 
 def infer_layer(layer, bottom_shapes, context):
-    """Apply the layer type's rule. Tops named in context.input_shapes take the given shape."""
-    _load_rule_modules()
-    rule = _RULES.get(layer.type)
-    if rule is None:
+    """Check the blob counts and apply the layer type's rule. Tops named in
+    context.input_shapes take the given shape."""
+    declared = declaration(layer.type)
+    if declared is None:
         raise CompileError(f"no shape rule for layer type '{layer.type}'")
-    result = rule(layer, [tuple(s) for s in bottom_shapes], context)
+    check_blob_counts(declared.blob_counts(layer), len(bottom_shapes), len(layer.top))
+    result = declared.rule(layer, [tuple(s) for s in bottom_shapes], context)
     overrides = context.input_shapes or {}
     result.top_shapes = [tuple(overrides[top]) if top in overrides else
                          (tuple(shape) if shape is not None else None)
@@ -62,21 +54,6 @@ def infer_layer(layer, bottom_shapes, context):
 
 def count(shape):
     return math.prod(shape) if shape else 1
-
-
-_loaded = False
-
-
-def _load_rule_modules():
-    # Rules for data layers live in compiler/data_shapes.py (they read the data files); both
-    # modules register into the same table. Layer types defined outside compiler/ (the
-    # applications' own data layers, a user's layers) register theirs through the
-    # "lrcn.shape_rules" entry-point group, so compiler/ never imports them by name.
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from . import data_shapes, layer_shapes  # noqa: F401  (imported to register rules)
-        load_plugins("lrcn.shape_rules")
 
 
 def load_plugins(group):

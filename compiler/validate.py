@@ -18,6 +18,7 @@ import os
 from lrcn_proto import caffe_pb2
 
 from .errors import CompileError, raise_all
+from .layer_types import RECURRENT, has_trait
 from .upgrade import SOLVER_TYPES, upgrade
 
 # Learning-rate policies of SGDSolver::GetLearningRate and the fields each one reads, with the
@@ -167,10 +168,11 @@ def check_filled_blobs_not_empty(layer, param_shapes, top_shapes, locate):
                                "be at least 1")
 
 
-def check_fillers(layer, param_shapes, top_shapes, locate):
+def check_fillers(layer, param_shapes, top_shapes, locate, attrs=None):
     """The fillers of one layer, as filler.hpp's GetFiller and Fill check them. Shapes may be
-    None (unknown). locate(*field_path) -> (file, line, col) inside the layer."""
-    for path, filler, shapes in _fillers_with_shapes(layer, param_shapes, top_shapes):
+    None (unknown). locate(*field_path) -> (file, line, col) inside the layer. `attrs`: the
+    layer's resolved attributes (a recurrent layer's name its blobs)."""
+    for path, filler, shapes in _fillers_with_shapes(layer, param_shapes, top_shapes, attrs):
         problem = _filler_problem(filler, [s for s in shapes if s is not None])
         if problem:
             message, field, hint = problem
@@ -200,10 +202,7 @@ def _filler_problem(filler, shapes):
     return None
 
 
-_RECURRENT_TYPES = ("LSTM", "RNN")
-
-
-def _fillers_with_shapes(layer, param_shapes, top_shapes):
+def _fillers_with_shapes(layer, param_shapes, top_shapes, attrs):
     """(field path, FillerParameter, [shapes it fills]) for every filler the layer sets."""
     params = list(param_shapes or [])
     tops = list(top_shapes or [])
@@ -216,7 +215,8 @@ def _fillers_with_shapes(layer, param_shapes, top_shapes):
                     filled = tops if len(value) == 1 else tops[index:index + 1]
                     yield (holder_field, field.name, index), filler, filled
                 continue
-            yield (holder_field, field.name), value, _filled_params(layer, field.name, params)
+            yield ((holder_field, field.name), value,
+                   _filled_params(layer, field.name, params, attrs))
 
 
 def _filler_holders(layer):
@@ -225,10 +225,12 @@ def _filler_holders(layer):
             yield value, field.name
 
 
-def _filled_params(layer, field_name, params):
+def _filled_params(layer, field_name, params, attrs):
     bias = field_name == "bias_filler"
-    if layer.type in _RECURRENT_TYPES:
-        # Blob order W_xc, b_c, [W_xc_static], W_hc: weight_filler fills every matrix.
-        return [s for i, s in enumerate(params) if (i == 1) == bias]
+    if has_trait(layer.type, RECURRENT):
+        # weight_filler fills every matrix, bias_filler every bias (RecurrentAttrs.blobs).
+        if attrs is None:
+            return []
+        return [s for name, s in zip(attrs.blobs, params) if name.startswith("b_") == bias]
     index = 1 if bias else 0
     return params[index:index + 1]

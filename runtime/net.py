@@ -29,21 +29,16 @@ import compiler
 from compiler.errors import CompileError
 from runtime import sharding
 from runtime import weights as weight_files
+from runtime.layers.base import LayerError
 from runtime.layers.registry import unit_for
 
 
 def layer_error(layer, error):
     """A unit's failure (its parameters at construction, its inputs when running, torch's own
-    complaints such as an allocation that failed) as one error at the layer's place."""
-    message = str(error).strip() or type(error).__name__
-    label = f"layer '{layer.name}' ({layer.type})"
-    for prefix in (f"layer {layer.name!r} ({layer.type}): ", f"layer {layer.name!r}: ",
-                   f"{layer.name}: ", f"{layer.type} layer {layer.name!r}: "):
-        if message.startswith(prefix):
-            message = message[len(prefix):]
-            break
-    file, line, col = layer.location or (None, None, None)
-    return CompileError(f"{label}: {message}", file, line, col)
+    complaints such as an allocation that failed) as one LayerError at the layer's place."""
+    if isinstance(error, CompileError):
+        return error
+    return LayerError(layer, str(error).strip() or type(error).__name__)
 
 
 DEFAULT_SEED = 1701     # the seed of a net built without one
@@ -274,11 +269,9 @@ class Net(nn.Module):
     def _instantiate(self, layer):
         unit_class = unit_for(layer.type)
         if unit_class is None:
-            file, line, col = layer.location
-            raise CompileError(f"layer '{layer.name}': type '{layer.type}' is not supported by "
-                               "the runtime", file, line, col)
+            raise LayerError(layer, "this type is not supported by the runtime")
         rng = self.rng
-        if self.data_shard is not None and layer.type in sharding.SHARDED_TYPES:
+        if self.data_shard is not None and unit_class.shardable:
             # The record order must be the same on every rank (the net's own seed differs).
             data_seed = self.data_shard.data_seed
             rng = torch.Generator().manual_seed(DEFAULT_SEED if data_seed is None

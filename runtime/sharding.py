@@ -23,10 +23,8 @@ read what the script gives them) are listed in `Plan.unsharded` for the solver t
 
 from dataclasses import dataclass, field
 
-from compiler.errors import CompileError
+from compiler.layer_types import RECURRENT, has_trait
 
-RECURRENT_TYPES = ("LSTM", "RNN")
-SHARDED_TYPES = ("HDF5Data", "ImageData", "Data", "VideoData")
 # Layers a cont blob may pass through on its way from the data layer to the recurrent layer.
 _PASS_THROUGH = ("Reshape", "Split", "Flatten")
 
@@ -103,6 +101,13 @@ class Plan:
         return lines
 
 
+def is_shardable(type_name):
+    """Whether the type's unit reads its batches through `load` (CaffeLayer.shardable)."""
+    from runtime.layers.registry import unit_for    # torch is imported only where it runs
+    unit = unit_for(type_name)
+    return unit is not None and unit.shardable
+
+
 def plan(compiled, shard):
     """The Plan for a compiled net on `shard` (its shapes are those of one process)."""
     result = Plan()
@@ -111,7 +116,7 @@ def plan(compiled, shard):
     producers = {top: layer for layer in compiled.layers for top in layer.tops}
     sources = set()
     for layer in compiled.layers:
-        if layer.type in RECURRENT_TYPES and len(layer.bottoms) > 1:
+        if has_trait(layer.type, RECURRENT) and len(layer.bottoms) > 1:
             source = _origin(producers, layer.bottoms[1])
             if source is not None and source.type == "HDF5Data":
                 sources.add(source.key)
@@ -119,7 +124,7 @@ def plan(compiled, shard):
     for layer in compiled.layers:
         if layer.bottoms or not layer.tops or layer.type == "Input":
             continue
-        if layer.type not in SHARDED_TYPES:
+        if not is_shardable(layer.type):
             result.unsharded.append((layer.name, layer.type))
             continue
         if not result.streams:
@@ -181,6 +186,5 @@ def _slice(array, axis, rank, size):
 
 
 def _error(layer, message, hint=None):
-    file, line, col = layer.location if layer.location else (None, None, None)
-    return CompileError(f"layer '{layer.name}' ({layer.type}): {message}", file, line, col,
-                        hint)
+    from runtime.layers.base import LayerError   # torch is imported only where it runs
+    return LayerError(layer, message, hint)

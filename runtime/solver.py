@@ -32,6 +32,7 @@ import torch
 import compiler
 from compiler import files
 from compiler.errors import CompileError
+from compiler.layer_types import LOSS, has_trait
 from compiler.validate import check_solver
 from lrcn_proto import caffe_pb2
 from runtime import distributed, run_state, sharding
@@ -167,7 +168,7 @@ class Solver:
         for line in plan.describe(self.net.compiled, self.param.iter_size):
             self.log(line)
         for layer in self.net.compiled.layers:
-            if layer.type.endswith("Loss") and normalizes_by_valid_count(layer.param):
+            if has_trait(layer.type, LOSS) and normalizes_by_valid_count(layer.param):
                 self.log(f"note: loss layer '{layer.name}' divides by its rank's count of "
                          "labels that are not ignored, so the ranks' average differs slightly "
                          "from one process's (as in Caffe; normalization: BATCH_SIZE makes it "

@@ -3,22 +3,51 @@
 from types import SimpleNamespace
 
 import compiler
+from lrcn_proto import caffe_pb2
 
 
 def compiled_layer(text, bottom_shapes, top_shapes=(), param_shapes=(), phase="TRAIN"):
-    """A stand-in for compiler.CompiledLayer, for testing one runtime unit in isolation.
+    """The CompiledLayer of `text` (one `layer { ... }` block) for a unit under test.
 
-    `text` is one `layer { ... }` block; shapes are given by hand (a unit test states what the
-    compiler's shape rules would give).
-    """
+    A layer with bottoms (one shape each in `bottom_shapes`) is compiled by compile_net in a
+    one-layer net whose bottoms are Input blobs: the unit sees exactly what the compiler gives
+    it, attrs included. `top_shapes` / `param_shapes`, when given, state what the test expects
+    the compiler's shape rule to give, and are checked."""
     param = compiler.parse_text(text, "net").layer[0]
+    if not param.bottom or param.type == "Python":
+        return _stand_in(param, bottom_shapes, top_shapes, param_shapes, phase)
+    if len(bottom_shapes) != len(param.bottom):
+        raise ValueError(f"{param.type} layer '{param.name}': give one bottom shape per bottom "
+                         f"({len(param.bottom)}) so that it compiles")
+    net = caffe_pb2.NetParameter(name="one_layer")
+    shapes = {}
+    for name, shape in zip(param.bottom, bottom_shapes):
+        shapes.setdefault(name, tuple(shape))
+    if shapes:
+        inputs = net.layer.add(name="(inputs)", type="Input")
+        for name, shape in shapes.items():
+            inputs.top.append(name)
+            inputs.input_param.shape.add(dim=shape)
+    net.layer.add().CopyFrom(param)
+    layer = compiler.compile_net(net, phase=phase).layers[-1]
+    if top_shapes:
+        assert layer.top_shapes == [tuple(s) for s in top_shapes], layer.top_shapes
+    if param_shapes:
+        assert layer.param_shapes == [tuple(s) for s in param_shapes], layer.param_shapes
+    return layer
+
+
+def _stand_in(param, bottom_shapes, top_shapes, param_shapes, phase):
+    # Data layers (their tests exercise the unit's own reading of the files) and Python layers:
+    # the layer as written, with the shapes given, no attrs.
     return SimpleNamespace(
         name=param.name, type=param.type, param=param, phase=phase,
         bottoms=list(param.bottom), tops=list(param.top),
         bottom_shapes=[tuple(s) for s in bottom_shapes],
         top_shapes=[tuple(s) for s in top_shapes],
         param_shapes=[tuple(s) for s in param_shapes],
-        param_specs=list(param.param), loss_weights=[], params=0, flops=0, location=None)
+        param_specs=list(param.param), loss_weights=[], params=0, flops=0, location=None,
+        attrs=None)
 
 
 TINY_NET = '''name: "tiny"

@@ -258,6 +258,7 @@ class VideoData(CaffeLayer):
     """LRCN's clip data layer; see the module docstring."""
 
     shape_rule = staticmethod(video_shapes.video_data_shapes)
+    shardable = True
 
     def __init__(self, layer, rng=None):
         super().__init__(layer, rng)

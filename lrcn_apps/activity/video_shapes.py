@@ -24,8 +24,8 @@ import os
 
 from compiler import data_shapes, data_sources
 from compiler.errors import CompileError
-from compiler.graph import declare_blob_counts
-from compiler.shapes import LayerShapes, shape_rule
+from compiler.layer_types import DATA, BlobCounts, declare
+from compiler.shapes import LayerShapes
 from lrcn_apps.activity.errors import ActivityError
 from lrcn_apps.activity.lists import VideoListEntry, frame_file_name, read_video_list
 
@@ -110,13 +110,8 @@ def output_size(layer, size):
 
 # No bottoms; tops data, then optionally label and clip_markers (the single-frame net reads
 # clips of one frame and leaves clip_markers out).
-declare_blob_counts(LAYER_TYPE, 0, 0, 1, 3)
-
-
-@shape_rule(LAYER_TYPE)
+@declare(LAYER_TYPE, counts=BlobCounts(0, 0, 1, 3), traits={DATA})
 def video_data_shapes(layer, bottom_shapes, context):
-    data_shapes.check_no_bottoms(layer, bottom_shapes)
-    data_shapes.check_tops(layer, 1, 3)
     check_video_param(layer)
     param = layer.video_data_param
     rows = param.clip_length * param.clips_per_batch

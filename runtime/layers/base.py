@@ -1,9 +1,21 @@
-"""The base class every layer unit derives from."""
+"""The base class every layer unit derives from, and the one error a unit raises."""
 
 import torch
 from torch import nn
 
+from compiler.errors import CompileError
 from runtime.fillers import fill_
+
+
+class LayerError(CompileError, ValueError):
+    """A unit refusing its parameters or its inputs: `file:line:col: layer 'x' (Type): message`,
+    located at the layer as compile errors are. It is a ValueError too, so code that catches a
+    unit's bad-input errors as ValueError keeps working."""
+
+    def __init__(self, layer, message, hint=None):
+        file, line, col = getattr(layer, "location", None) or (None, None, None)
+        super().__init__(f"layer '{layer.name}' ({layer.type}): {message}", file, line, col,
+                         hint)
 
 
 class CaffeLayer(nn.Module):
@@ -24,6 +36,9 @@ class CaffeLayer(nn.Module):
 
     # Indices of bottoms that never receive a gradient (labels, cont markers, indices).
     no_grad_bottoms = ()
+    # A data unit that reads its batches through runtime.sharding.load (so that several ranks
+    # can split them) says so.
+    shardable = False
 
     def __init__(self, layer, rng=None):
         super().__init__()

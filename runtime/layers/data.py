@@ -27,7 +27,7 @@ from compiler.shapes import ShapeContext
 from runtime import prefetch, sharding
 from runtime import python_layer  # noqa: F401  (registers the "Python" unit)
 from runtime.fillers import fill_
-from runtime.layers.base import CaffeLayer
+from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
 from runtime.transform import DataTransformer, decode_image, read_image
 
@@ -48,6 +48,8 @@ def _naming_file(layer):
 
 class DataLayer(CaffeLayer):
     """Shared machinery: seed, prefetcher, bad-record policy, top_shapes()."""
+
+    shardable = True
 
     def __init__(self, layer, rng=None):
         super().__init__(layer, rng)
@@ -566,11 +568,11 @@ class MemoryData(CaffeLayer):
         data = np.ascontiguousarray(data, dtype=np.float32)
         labels = np.ascontiguousarray(labels, dtype=np.float32)
         if data.ndim != 4 or data.shape[1:] != self.sample_shape:
-            raise ValueError(f"MemoryData layer '{self.layer.name}': data must be N x "
-                             f"{' x '.join(map(str, self.sample_shape))}, got {data.shape}")
+            sample = " x ".join(map(str, self.sample_shape))
+            raise LayerError(self.layer, f"data must be N x {sample}, got {data.shape}")
         if labels.ndim not in (1, 4) or labels.shape[1:] not in ((), (1, 1, 1)):
-            raise ValueError(f"MemoryData layer '{self.layer.name}': labels must be N or "
-                             f"N x 1 x 1 x 1, got {labels.shape}")
+            raise LayerError(self.layer, f"labels must be N or "
+                                         f"N x 1 x 1 x 1, got {labels.shape}")
         if data.shape[0] != labels.shape[0]:
             raise ValueError("data and labels must have the same first dimension")
         if data.shape[0] == 0 or data.shape[0] % self.batch_size:

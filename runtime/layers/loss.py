@@ -15,9 +15,8 @@ import torch.nn.functional as F
 
 from compiler.paths import resolve_path
 from lrcn_proto import caffe_pb2
-from runtime.layers.base import CaffeLayer
+from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
-from runtime.layers.structural import canonical_axis
 from runtime.weights import read_blob_file
 
 # float's smallest normal number: Caffe clamps probabilities to it before the log.
@@ -69,20 +68,20 @@ def _normalizer(mode, outer, inner, valid_count):
     raise ValueError(f"unknown normalization mode {mode}")
 
 
-def _split_at_axis(x, axis, name):
-    """(outer, classes, inner) sizes around the class axis, and x viewed that way."""
-    axis = canonical_axis(axis, x.dim(), name)
+def _split_at_axis(x, axis):
+    """(outer, classes, inner) sizes around the (compiled, canonical) class axis, and x viewed
+    that way."""
     outer = math.prod(x.shape[:axis])
     inner = math.prod(x.shape[axis + 1:])
     return outer, x.shape[axis], inner, x.reshape(outer, x.shape[axis], inner)
 
 
-def _labels(label, outer, inner, ignore_label, device, name):
+def _labels(label, outer, inner, ignore_label, device, layer):
     """Int labels as (outer, inner), the non-ignored mask, and labels safe to index with
     (ignored ones replaced by class 0, whose value is then masked out)."""
     if label.numel() != outer * inner:
-        raise ValueError(f"layer {name!r}: {label.numel()} labels for {outer * inner} "
-                         f"predictions (outer {outer} x inner {inner})")
+        raise LayerError(layer, f"{label.numel()} labels for {outer * inner} predictions "
+                                f"(outer {outer} x inner {inner})")
     label = label.detach().to(device).reshape(outer, inner).to(torch.int64)
     if ignore_label is None:
         valid = torch.ones_like(label, dtype=torch.bool)
@@ -110,14 +109,13 @@ class SoftmaxWithLoss(CaffeLayer):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        self.axis = self.param.softmax_param.axis
+        self.axis = layer.attrs.axis
         self.ignore_label = _ignore_label(self.param.loss_param)
         self.normalization = _normalization(self.param, _NORM.VALID)
 
     def forward(self, x, label):
-        name = self.layer.name
-        outer, _, inner, logits = _split_at_axis(x, self.axis, name)
-        _, valid, safe = _labels(label, outer, inner, self.ignore_label, x.device, name)
+        outer, _, inner, logits = _split_at_axis(x, self.axis)
+        _, valid, safe = _labels(label, outer, inner, self.ignore_label, x.device, self.layer)
         mask = valid.to(x.dtype)
         index = safe.unsqueeze(1)
         prob = F.softmax(logits, dim=1)
@@ -148,7 +146,7 @@ class SigmoidCrossEntropyLoss(CaffeLayer):
 
     def forward(self, x, target):
         if target.numel() != x.numel():
-            raise ValueError(f"layer {self.layer.name!r}: inputs must have the same count")
+            raise LayerError(self.layer, "inputs must have the same count")
         target = target.detach().to(x.device).reshape(x.shape).to(x.dtype)
         if self.ignore_label is None:
             mask = torch.ones_like(x)
@@ -172,7 +170,7 @@ class EuclideanLoss(CaffeLayer):
 
     def forward(self, a, b):
         if a.numel() != b.numel():
-            raise ValueError(f"layer {self.layer.name!r}: inputs must have the same count")
+            raise LayerError(self.layer, "inputs must have the same count")
         diff = a - b.reshape(a.shape)
         return ((diff * diff).sum() / a.shape[0] / 2,)
 
@@ -270,16 +268,16 @@ class InfogainLoss(CaffeLayer):
         super().__init__(layer, rng)
         p = self.param.infogain_loss_param
         if self.param.loss_param.HasField("normalize"):
-            raise ValueError(f"layer {layer.name!r}: loss_param.normalize is deprecated for "
-                             f"InfogainLoss; use normalization")
-        self.axis = p.axis
+            raise LayerError(layer, "loss_param.normalize is deprecated for InfogainLoss; use "
+                                    "normalization")
+        self.axis = layer.attrs.axis
         self.ignore_label = _ignore_label(self.param.loss_param)
         self.normalization = self.param.loss_param.normalization
         infogain = None
         if len(layer.bottoms) < 3:
             if not p.source:
-                raise ValueError(f"layer {layer.name!r}: InfogainLoss needs a third bottom "
-                                 f"or infogain_loss_param.source")
+                raise LayerError(layer, "InfogainLoss needs a third bottom or "
+                                        "infogain_loss_param.source")
             location = getattr(layer, "location", None)
             naming_file = location[0] if isinstance(location, tuple) else None
             path = resolve_path(p.source, naming_file, "infogain matrix", location)
@@ -288,13 +286,12 @@ class InfogainLoss(CaffeLayer):
         self.register_buffer("infogain", infogain, persistent=False)
 
     def forward(self, x, label, infogain=None):
-        name = self.layer.name
-        outer, classes, inner, logits = _split_at_axis(x, self.axis, name)
-        _, valid, safe = _labels(label, outer, inner, self.ignore_label, x.device, name)
+        outer, classes, inner, logits = _split_at_axis(x, self.axis)
+        _, valid, safe = _labels(label, outer, inner, self.ignore_label, x.device, self.layer)
         h = (infogain if infogain is not None else self.infogain).detach()
         if h.numel() != classes * classes:
-            raise ValueError(f"layer {name!r}: infogain matrix has {h.numel()} entries, "
-                             f"need {classes} x {classes}")
+            raise LayerError(self.layer, f"infogain matrix has {h.numel()} entries, need "
+                                         f"{classes} x {classes}")
         h = h.to(device=x.device, dtype=x.dtype).reshape(classes, classes)
         # Row H[label] for every position, laid out like the logits: (outer, C, inner).
         rows = h[safe].permute(0, 2, 1) * valid.to(x.dtype).unsqueeze(1)
@@ -320,16 +317,14 @@ class Accuracy(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         p = self.param.accuracy_param
-        self.top_k, self.axis = p.top_k, p.axis
+        self.top_k, self.axis = p.top_k, layer.attrs.axis
         self.ignore_label = _ignore_label(p)
 
     def forward(self, x, label):
-        name = self.layer.name
-        outer, classes, inner, scores = _split_at_axis(x.detach(), self.axis, name)
+        outer, classes, inner, scores = _split_at_axis(x.detach(), self.axis)
         if self.top_k > classes:
-            raise ValueError(f"layer {name!r}: top_k {self.top_k} exceeds the {classes} "
-                             f"classes")
-        _, valid, safe = _labels(label, outer, inner, self.ignore_label, x.device, name)
+            raise LayerError(self.layer, f"top_k {self.top_k} exceeds the {classes} classes")
+        _, valid, safe = _labels(label, outer, inner, self.ignore_label, x.device, self.layer)
         true_score = scores.gather(1, safe.unsqueeze(1))
         # The true class itself is among the >= scores, hence the - 1.
         better = (scores >= true_score).sum(1) - 1

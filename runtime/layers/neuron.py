@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lrcn_proto import caffe_pb2
-from runtime.layers.base import CaffeLayer
+from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
 
 
@@ -48,8 +48,8 @@ class PReLU(CaffeLayer):
         else:
             filler = caffe_pb2.FillerParameter(type="constant", value=0.25)
         if not layer.param_shapes:
-            raise ValueError(f"layer {layer.name!r}: the slope shape is unknown (the bottom's "
-                             f"shape was not known when the net was compiled)")
+            raise LayerError(layer, "the slope shape is unknown (the bottom's shape was not "
+                                    "known when the net was compiled)")
         self.add_blob(layer.param_shapes[0], filler)
 
     def forward(self, x):
@@ -125,9 +125,6 @@ class Exp(CaffeLayer):
         super().__init__(layer, rng)
         p = self.param.exp_param
         base, scale, shift = float(p.base), float(p.scale), float(p.shift)
-        if base != -1 and base <= 0:
-            raise ValueError(f"layer {layer.name!r}: exp_param.base must be -1 or > 0, "
-                             f"got {base}")
         log_base = 1.0 if base == -1 else math.log(base)
         self.inner_scale = log_base * scale
         if shift == 0:
@@ -150,9 +147,6 @@ class Log(CaffeLayer):
         super().__init__(layer, rng)
         p = self.param.log_param
         base = float(p.base)
-        if base != -1 and base <= 0:
-            raise ValueError(f"layer {layer.name!r}: log_param.base must be -1 or > 0, "
-                             f"got {base}")
         self.base_scale = 1.0 if base == -1 else 1.0 / math.log(base)
         self.scale, self.shift = float(p.scale), float(p.shift)
 
@@ -206,10 +200,7 @@ class Dropout(CaffeLayer):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        self.ratio = float(self.param.dropout_param.dropout_ratio)
-        if not 0 <= self.ratio < 1:
-            raise ValueError(f"layer {layer.name!r}: dropout_ratio must be in [0, 1), "
-                             f"got {self.ratio}")
+        self.ratio = float(self.param.dropout_param.dropout_ratio)   # the compiler checked it
         self.scale = 1.0 / (1.0 - self.ratio)
         # Drawn now (construction order is fixed), not at the first forward, so that the seed
         # does not depend on when other users of a shared rng draw from it.

@@ -36,7 +36,7 @@ import warnings
 import torch
 from torch.autograd.function import once_differentiable
 
-from runtime.layers.base import CaffeLayer
+from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
 
 
@@ -149,15 +149,10 @@ class _Recurrent(CaffeLayer):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        rp = layer.param.recurrent_param
-        if rp.num_output <= 0:
-            raise ValueError(f"{layer.type} layer {layer.name!r}: "
-                             "recurrent_param.num_output must be positive")
-        self.H = rp.num_output
-        self.expose_hidden = rp.expose_hidden
+        attrs = layer.attrs
+        self.H, self.expose_hidden = attrs.num_output, attrs.expose_hidden
         n_exposed = len(self.state_names) if self.expose_hidden else 0
-        # Caffe: a bottom beyond x, cont (and the exposed states) is the static input.
-        self.static_input = len(layer.bottoms) > 2 + n_exposed
+        self.static_input = attrs.static_input
         x_shape = layer.bottom_shapes[0] if layer.bottom_shapes else None
         self.T = x_shape[0] if x_shape else None     # fixed at setup; N may change
         first_state = 2 + int(self.static_input)
@@ -165,37 +160,40 @@ class _Recurrent(CaffeLayer):
         for name in self.state_names:
             self.register_buffer(f"{name}_carry", None, persistent=False)
 
-    def add_blobs(self, fillers):
-        """Create the blobs from layer.param_shapes (Caffe order) with one filler each."""
-        shapes = self.layer.param_shapes
-        if len(shapes) != len(fillers):
-            raise ValueError(f"{self.layer.type} layer {self.layer.name!r}: expected "
-                             f"{len(fillers)} param shapes, got {len(shapes)}")
-        for shape, filler in zip(shapes, fillers):
-            self.add_blob(shape, filler)
+    def add_blobs(self):
+        """Create the blobs the compiler named (RecurrentAttrs.blobs: Caffe's order) with
+        layer.param_shapes: bias_filler for the biases, weight_filler for every matrix."""
+        rp = self.layer.param.recurrent_param
+        for name, shape in zip(self.layer.attrs.blobs, self.layer.param_shapes):
+            self.add_blob(shape, rp.bias_filler if name.startswith("b_") else rp.weight_filler)
+
+    def named_blobs(self):
+        """{blob name: tensor}, read from self.blobs at call time (a shared blob may have been
+        swapped in); a static input's matrix is absent without one."""
+        return dict(zip(self.layer.attrs.blobs, self.blobs))
 
     def split_bottoms(self, bottoms):
         """(x, cont, x_static or None, exposed states or None), with Caffe's shape checks."""
         x, cont = bottoms[0], bottoms[1]
         if x.dim() < 2:
-            raise ValueError(f"{self.layer.name}: x must be (T, N, ...), got {tuple(x.shape)}")
+            raise LayerError(self.layer, f"x must be (T, N, ...), got {tuple(x.shape)}")
         T, N = x.shape[:2]
         if self.T is not None and T != self.T:
-            raise ValueError(f"{self.layer.name}: the number of timesteps is fixed at {self.T} "
-                             f"(Caffe cannot change T after setup); got {T}")
+            raise LayerError(self.layer, f"the number of timesteps is fixed at {self.T} "
+                                         f"(Caffe cannot change T after setup); got {T}")
         if tuple(cont.shape) != (T, N):
-            raise ValueError(f"{self.layer.name}: cont must be (T, N) = {(T, N)}, "
-                             f"got {tuple(cont.shape)}")
+            raise LayerError(self.layer, f"cont must be (T, N) = {(T, N)}, "
+                                         f"got {tuple(cont.shape)}")
         x_static = bottoms[2] if self.static_input else None
         if x_static is not None and x_static.shape[0] != N:
-            raise ValueError(f"{self.layer.name}: x_static must have N = {N} rows")
+            raise LayerError(self.layer, f"x_static must have N = {N} rows")
         states = None
         if self.expose_hidden:
             states = [s.detach() for s in bottoms[2 + int(self.static_input):]]
             for name, s in zip(self.state_names, states):
                 if tuple(s.shape) != (1, N, self.H):
-                    raise ValueError(f"{self.layer.name}: {name}0 must be (1, N, H) = "
-                                     f"{(1, N, self.H)}, got {tuple(s.shape)}")
+                    raise LayerError(self.layer, f"{name}0 must be (1, N, H) = "
+                                                 f"{(1, N, self.H)}, got {tuple(s.shape)}")
         # Caffe's cont is a float blob; it never carries a gradient.
         return x, cont.detach().to(x.dtype), x_static, states
 
@@ -231,8 +229,8 @@ class _Recurrent(CaffeLayer):
             carried = state[name]
             if carried is not None and (carried.dim() != 3 or carried.shape[0] != 1
                                         or carried.shape[2] != self.H):
-                raise ValueError(f"layer {self.layer.name!r}: a carried {name} must be "
-                                 f"(1, N, {self.H}), got {tuple(carried.shape)}")
+                raise LayerError(self.layer, f"a carried {name} must be "
+                                             f"(1, N, {self.H}), got {tuple(carried.shape)}")
             setattr(self, f"{name}_carry", None if carried is None else carried.to(device))
 
     def input_projection(self, x, x_static, W_x, b, W_static):
@@ -262,9 +260,7 @@ class LSTM(_Recurrent):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        rp = layer.param.recurrent_param
-        w, b = rp.weight_filler, rp.bias_filler
-        self.add_blobs([w, b, w, w] if self.static_input else [w, b, w])
+        self.add_blobs()
 
     def forward(self, *bottoms):
         x, cont, x_static, states = self.split_bottoms(bottoms)
@@ -277,10 +273,8 @@ class LSTM(_Recurrent):
 
     def weights(self):
         """(W_xc, b_c, W_xc_static or None, W_hc), read from self.blobs at call time."""
-        if self.static_input:
-            return tuple(self.blobs)
-        W_xc, b_c, W_hc = self.blobs
-        return W_xc, b_c, None, W_hc
+        blobs = self.named_blobs()
+        return blobs["W_xc"], blobs["b_c"], blobs.get("W_xc_static"), blobs["W_hc"]
 
     def fused_applies(self, cont):
         # One reduction on cont's device; the bool() is the one host sync it costs.
@@ -325,16 +319,13 @@ class RNN(_Recurrent):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        rp = layer.param.recurrent_param
-        w, b = rp.weight_filler, rp.bias_filler
-        self.add_blobs([w, b, w, w, w, b] if self.static_input else [w, b, w, w, b])
+        self.add_blobs()
 
     def weights(self):
         """(W_xh, b_h, W_xh_static or None, W_hh, W_ho, b_o)."""
-        if self.static_input:
-            return tuple(self.blobs)
-        W_xh, b_h, W_hh, W_ho, b_o = self.blobs
-        return W_xh, b_h, None, W_hh, W_ho, b_o
+        blobs = self.named_blobs()
+        return (blobs["W_xh"], blobs["b_h"], blobs.get("W_xh_static"), blobs["W_hh"],
+                blobs["W_ho"], blobs["b_o"])
 
     def forward(self, *bottoms):
         x, cont, x_static, states = self.split_bottoms(bottoms)
@@ -362,8 +353,8 @@ class LSTMUnit(CaffeLayer):
     def forward(self, c_prev, x, cont):
         if c_prev.dim() != 3 or c_prev.shape[0] != 1 or x.shape[:2] != c_prev.shape[:2] \
                 or x.shape[2] != 4 * c_prev.shape[2] or tuple(cont.shape) != c_prev.shape[:2]:
-            raise ValueError(f"{self.layer.name}: LSTMUnit wants c_prev (1, N, H), x (1, N, 4H),"
-                             f" cont (1, N); got {tuple(c_prev.shape)}, {tuple(x.shape)}, "
-                             f"{tuple(cont.shape)}")
+            raise LayerError(self.layer, f"LSTMUnit wants c_prev (1, N, H), x (1, N, 4H), "
+                                         f"cont (1, N); got {tuple(c_prev.shape)}, "
+                                         f"{tuple(x.shape)}, {tuple(cont.shape)}")
         c, h = lstm_unit(x, c_prev, cont.detach().to(x.dtype).unsqueeze(2))
         return c, h

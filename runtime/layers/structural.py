@@ -1,23 +1,14 @@
 """Layers that route, reshape, combine or reduce blobs without learned weights (plus Parameter).
 
-Axis parameters follow Caffe's Blob::CanonicalAxisIndex: -ndim <= axis < ndim, negative
-counting from the end.
+Axes are the compiler's canonical ones (`layer.attrs.axis`, Caffe's Blob::CanonicalAxisIndex).
 """
 
 import torch
 import torch.nn.functional as F
 
 from lrcn_proto import caffe_pb2
-from runtime.layers.base import CaffeLayer
+from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
-
-
-def canonical_axis(axis, ndim, layer_name="?"):
-    """Caffe's CanonicalAxisIndex: the non-negative index of `axis` in a blob of `ndim` axes."""
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"layer {layer_name!r}: axis {axis} is out of range for a blob with "
-                         f"{ndim} axes")
-    return axis + ndim if axis < 0 else axis
 
 
 @register("Input")
@@ -27,8 +18,8 @@ class Input(CaffeLayer):
 
     def forward(self, *fed):
         if len(fed) != len(self.layer.tops):
-            raise ValueError(f"layer {self.layer.name!r}: Input has {len(self.layer.tops)} "
-                             f"tops but was fed {len(fed)} tensors")
+            raise LayerError(self.layer, f"Input has {len(self.layer.tops)} "
+                                         f"tops but was fed {len(fed)} tensors")
         return tuple(fed)
 
 
@@ -39,7 +30,7 @@ class Parameter(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         if not layer.param_shapes:
-            raise ValueError(f"layer {layer.name!r}: Parameter needs parameter_param.shape")
+            raise LayerError(layer, "Parameter needs parameter_param.shape")
         self.add_blob(layer.param_shapes[0])
 
     def forward(self):
@@ -59,8 +50,8 @@ class Reshape(CaffeLayer):
 
     def forward(self, x):
         if self.top_shape is None or tuple(x.shape) != tuple(self.bottom_shape):
-            raise ValueError(
-                f"layer {self.layer.name!r}: Reshape was compiled for bottom shape "
+            raise LayerError(
+                self.layer, f"Reshape was compiled for bottom shape "
                 f"{self.bottom_shape} (top {self.top_shape}) but got {tuple(x.shape)}; "
                 f"compile the net with the shapes it is run with")
         return (x.reshape(self.top_shape),)
@@ -72,62 +63,36 @@ class Flatten(CaffeLayer):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        p = self.param.flatten_param
-        self.axis, self.end_axis = p.axis, p.end_axis
+        self.start, self.end = layer.attrs.start, layer.attrs.end
 
     def forward(self, x):
-        start = canonical_axis(self.axis, x.dim(), self.layer.name)
-        end = canonical_axis(self.end_axis, x.dim(), self.layer.name)
-        return (torch.flatten(x, start, end),)
+        return (torch.flatten(x, self.start, self.end),)
 
 
 @register("Slice")
 class Slice(CaffeLayer):
-    """Cut along `axis` at slice_point (one fewer point than tops), or into equal parts."""
+    """Cut along the axis into the compiled sizes (from slice_point, or equal parts)."""
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        p = self.param.slice_param
-        # Caffe prefers the legacy slice_dim when it is stated.
-        self.axis = p.slice_dim if p.HasField("slice_dim") else p.axis
-        self.points = list(p.slice_point)
-        self.num_tops = len(layer.tops)
-        if self.points and len(self.points) != self.num_tops - 1:
-            raise ValueError(f"layer {layer.name!r}: {len(self.points)} slice points for "
-                             f"{self.num_tops} tops (need one fewer point than tops)")
+        self.axis, self.sizes = layer.attrs.axis, list(layer.attrs.sizes)
 
     def forward(self, x):
-        axis = canonical_axis(self.axis, x.dim(), self.layer.name)
-        size = x.shape[axis]
-        if self.points:
-            bounds = [0] + self.points + [size]
-            # Caffe checks each point is above the previous one (the first above 0).
-            if any(b <= a for a, b in zip(bounds[:-2], bounds[1:-1])) or bounds[-2] > size:
-                raise ValueError(f"layer {self.layer.name!r}: slice points {self.points} must "
-                                 f"increase strictly within an axis of size {size}")
-            sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
-        else:
-            if size % self.num_tops:
-                raise ValueError(f"layer {self.layer.name!r}: axis of size {size} does not "
-                                 f"split evenly into {self.num_tops} tops")
-            sizes = [size // self.num_tops] * self.num_tops
-        return tuple(torch.split(x, sizes, dim=axis))
+        return tuple(torch.split(x, self.sizes, dim=self.axis))
 
 
 @register("Concat")
 class Concat(CaffeLayer):
-    """Join bottoms along `axis` (the legacy concat_dim wins when stated, as in Caffe)."""
+    """Join bottoms along the compiled axis (the legacy concat_dim wins, as in Caffe)."""
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        p = self.param.concat_param
-        self.axis = p.concat_dim if p.HasField("concat_dim") else p.axis
+        self.axis = layer.attrs.axis
 
     def forward(self, *bottoms):
-        axis = canonical_axis(self.axis, bottoms[0].dim(), self.layer.name)
         if len(bottoms) == 1:
             return (bottoms[0],)
-        return (torch.cat(bottoms, dim=axis),)
+        return (torch.cat(bottoms, dim=self.axis),)
 
 
 @register("Split")
@@ -162,18 +127,10 @@ class Eltwise(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         p = self.param.eltwise_param
-        ops = caffe_pb2.EltwiseParameter
         self.op = p.operation
         self.coeff_blob = p.coeff_blob
         num_bottoms = len(layer.bottoms)
         num_inputs = num_bottoms - 1 if self.coeff_blob else num_bottoms
-        if self.coeff_blob and self.op != ops.SUM:
-            raise ValueError(f"layer {layer.name!r}: coeff_blob is only implemented for SUM")
-        if p.coeff and self.op != ops.SUM:
-            raise ValueError(f"layer {layer.name!r}: Eltwise takes coefficients only for SUM")
-        if p.coeff and len(p.coeff) != num_inputs:
-            raise ValueError(f"layer {layer.name!r}: {len(p.coeff)} coefficients for "
-                             f"{num_inputs} bottoms (one per bottom)")
         self.coeffs = list(p.coeff) if p.coeff else [1.0] * num_inputs
         if self.coeff_blob:
             # The coefficient blob is data, never trained through this layer.
@@ -206,9 +163,8 @@ class Eltwise(CaffeLayer):
         shape = inputs[0].shape
         leading = tuple(coeff_blob.shape[1:])
         if coeff_blob.shape[0] != k or tuple(shape[:len(leading)]) != leading:
-            raise ValueError(f"layer {self.layer.name!r}: coeff blob shape "
-                             f"{tuple(coeff_blob.shape)} must be ({k}, *leading axes of "
-                             f"{tuple(shape)})")
+            raise LayerError(self.layer, f"coeff blob shape {tuple(coeff_blob.shape)} must be "
+                                         f"({k}, *leading axes of {tuple(shape)})")
         per_input = coeff_blob.reshape(k, -1, 1)
         num = per_input.shape[1]
         top = None
@@ -224,15 +180,11 @@ class Tile(CaffeLayer):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        p = self.param.tile_param
-        self.axis, self.tiles = p.axis, p.tiles
-        if self.tiles < 1:
-            raise ValueError(f"layer {layer.name!r}: tile_param.tiles must be > 0")
+        self.axis, self.tiles = layer.attrs.axis, self.param.tile_param.tiles
 
     def forward(self, x):
-        axis = canonical_axis(self.axis, x.dim(), self.layer.name)
         repeats = [1] * x.dim()
-        repeats[axis] = self.tiles
+        repeats[self.axis] = self.tiles
         return (x.repeat(*repeats),)
 
 
@@ -261,16 +213,13 @@ class ArgMax(CaffeLayer):
         super().__init__(layer, rng)
         p = self.param.argmax_param
         self.out_max_val, self.top_k = p.out_max_val, p.top_k
-        self.axis = p.axis if p.HasField("axis") else None
-        if self.top_k < 1:
-            raise ValueError(f"layer {layer.name!r}: argmax_param.top_k must be >= 1")
+        self.axis = layer.attrs.axis      # None: over each item's flattened data
 
     def forward(self, x):
         x = x.detach()
         if self.axis is not None:
-            axis = canonical_axis(self.axis, x.dim(), self.layer.name)
-            self._check_k(x.shape[axis])
-            values, indices = caffe_top_k(x, axis, self.top_k)
+            self._check_k(x.shape[self.axis])
+            values, indices = caffe_top_k(x, self.axis, self.top_k)
             return (values if self.out_max_val else indices.to(x.dtype),)
         flat = x.reshape(x.shape[0], -1)
         self._check_k(flat.shape[1])
@@ -283,8 +232,8 @@ class ArgMax(CaffeLayer):
 
     def _check_k(self, size):
         if self.top_k > size:
-            raise ValueError(f"layer {self.layer.name!r}: top_k {self.top_k} exceeds the "
-                             f"{size} entries it searches")
+            raise LayerError(self.layer, f"top_k {self.top_k} exceeds the "
+                                         f"{size} entries it searches")
 
 
 @register("Reduction")
@@ -295,12 +244,11 @@ class Reduction(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         p = self.param.reduction_param
-        self.op, self.axis, self.coeff = p.operation, p.axis, float(p.coeff)
+        self.op, self.axis, self.coeff = p.operation, layer.attrs.axis, float(p.coeff)
 
     def forward(self, x):
         ops = caffe_pb2.ReductionParameter
-        axis = canonical_axis(self.axis, x.dim(), self.layer.name)
-        flat = x.reshape(tuple(x.shape[:axis]) + (-1,))
+        flat = x.reshape(tuple(x.shape[:self.axis]) + (-1,))
         if self.op == ops.SUM:
             top = flat.sum(-1)
         elif self.op == ops.ASUM:
@@ -310,7 +258,7 @@ class Reduction(CaffeLayer):
         elif self.op == ops.MEAN:
             top = flat.sum(-1) / flat.shape[-1]
         else:
-            raise ValueError(f"layer {self.layer.name!r}: unknown reduction {self.op}")
+            raise LayerError(self.layer, f"unknown reduction {self.op}")
         return (top * self.coeff if self.coeff != 1 else top,)
 
 
@@ -320,7 +268,7 @@ class Softmax(CaffeLayer):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        self.axis = self.param.softmax_param.axis
+        self.axis = layer.attrs.axis
 
     def forward(self, x):
-        return (F.softmax(x, dim=canonical_axis(self.axis, x.dim(), self.layer.name)),)
+        return (F.softmax(x, dim=self.axis),)

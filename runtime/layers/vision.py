@@ -13,24 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from lrcn_proto import caffe_pb2
-from runtime.layers.base import CaffeLayer
+from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
 
 # Caffe's -FLT_MAX: the value a MAX pooling window with no input element produces.
 _NEG_FLT_MAX = torch.finfo(torch.float32).min
-
-# base_conv_layer.cpp's kDefaultPad / kDefaultStride / kDefaultDilation: the repeated fields
-# of ConvolutionParameter cannot carry proto defaults, so Caffe states them in code.
-_CONV_DEFAULT_PAD = 0
-_CONV_DEFAULT_STRIDE = 1
-_CONV_DEFAULT_DILATION = 1
-
-
-def _canonical_axis(axis, num_axes):
-    """Blob::CanonicalAxisIndex: negative axes count from the end."""
-    if not -num_axes <= axis < num_axes:
-        raise ValueError(f"axis {axis} out of range for a {num_axes}-axis blob")
-    return axis + num_axes if axis < 0 else axis
 
 
 def _broadcast(blob, num_axes, axis):
@@ -40,32 +27,7 @@ def _broadcast(blob, num_axes, axis):
     return blob.reshape((1,) * axis + tuple(blob.shape) + (1,) * trailing)
 
 
-def _layer_error(layer, message):
-    return ValueError(f"layer {layer.name!r} ({layer.type}): {message}")
-
-
 # --------------------------------------------------------------------------- convolution
-
-
-def _conv_spatial(cp, name, hw_names, num_spatial, default):
-    """One value per spatial axis, as BaseConvolutionLayer::LayerSetUp reads kernel, stride,
-    pad and dilation: the 2-D-only `_h` / `_w` pair when either is set, else the repeated
-    field (empty: `default`; one value: every axis; else one per axis)."""
-    if hw_names and (cp.HasField(hw_names[0]) or cp.HasField(hw_names[1])):
-        if num_spatial != 2:
-            raise ValueError(f"{hw_names[0]} / {hw_names[1]} need exactly 2 spatial axes")
-        return (getattr(cp, hw_names[0]), getattr(cp, hw_names[1]))
-    values = list(getattr(cp, name))
-    if not values:
-        if default is None:
-            raise ValueError(f"{name} must be specified")
-        return (default,) * num_spatial
-    if len(values) == 1:
-        return (values[0],) * num_spatial
-    if len(values) != num_spatial:
-        raise ValueError(f"{name} must be given once or once per spatial axis "
-                         f"({num_spatial}), got {len(values)} values")
-    return tuple(values)
 
 
 class _ConvolutionBase(CaffeLayer):
@@ -77,29 +39,17 @@ class _ConvolutionBase(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         cp = layer.param.convolution_param
-        bottom_shape = layer.bottom_shapes[0]
-        self.axis = _canonical_axis(cp.axis, len(bottom_shape))
-        num_spatial = len(bottom_shape) - self.axis - 1
-        if num_spatial not in self._functions:
-            raise _layer_error(layer, f"{num_spatial} spatial axes are not supported "
-                                      f"(1, 2 or 3)")
-        try:
-            self.kernel = _conv_spatial(cp, "kernel_size", ("kernel_h", "kernel_w"),
-                                        num_spatial, None)
-            self.stride = _conv_spatial(cp, "stride", ("stride_h", "stride_w"),
-                                        num_spatial, _CONV_DEFAULT_STRIDE)
-            self.pad = _conv_spatial(cp, "pad", ("pad_h", "pad_w"), num_spatial,
-                                     _CONV_DEFAULT_PAD)
-            self.dilation = _conv_spatial(cp, "dilation", None, num_spatial,
-                                          _CONV_DEFAULT_DILATION)
-        except ValueError as error:
-            raise _layer_error(layer, str(error)) from None
-        self.group = cp.group
-        self.bias_term = cp.bias_term
+        attrs = layer.attrs
+        self.axis, self.kernel, self.stride = attrs.axis, attrs.kernel, attrs.stride
+        self.pad, self.dilation, self.group = attrs.pad, attrs.dilation, attrs.group
+        self.bias_term = attrs.bias_term
+        if len(self.kernel) not in self._functions:
+            raise LayerError(layer, f"{len(self.kernel)} spatial axes are not supported "
+                                    f"(1, 2 or 3)")
         self.add_blob(layer.param_shapes[0], cp.weight_filler)
         if self.bias_term:
             self.add_blob(layer.param_shapes[1], cp.bias_filler)
-        self._op = self._functions[num_spatial]
+        self._op = self._functions[len(self.kernel)]
 
     def forward(self, x):
         # Axes before `axis` are all batch-like: fold them into one so torch sees (N, C, ...).
@@ -140,24 +90,6 @@ _PoolMethod = caffe_pb2.PoolingParameter.PoolMethod
 _MAX, _AVE = _PoolMethod.Value("MAX"), _PoolMethod.Value("AVE")
 
 
-def _pool_pair(pp, name, h_name, w_name):
-    # PoolingLayer::LayerSetUp: the _h/_w pair wins when either is set.
-    if pp.HasField(h_name) or pp.HasField(w_name):
-        return (getattr(pp, h_name), getattr(pp, w_name))
-    value = getattr(pp, name)
-    return (value, value)
-
-
-def _ave_divisor(out_size, kernel, stride, pad, size):
-    """Caffe's AVE pool_size along one axis: window [start, min(start + k, size + pad)),
-    start = i * stride - pad. Padding counts; the ceil overhang past size + pad does not.
-    A window that starts past the end (Caffe divides 0 by <= 0 there) gets divisor 1, so its
-    output is 0 rather than Caffe's NaN / -0."""
-    starts = torch.arange(out_size, dtype=torch.float64) * stride - pad
-    ends = torch.clamp(starts + kernel, max=size + pad)
-    return torch.clamp(ends - starts, min=1)
-
-
 @register("Pooling")
 class Pooling(CaffeLayer):
     """MAX / AVE / STOCHASTIC pooling over (N, C, H, W) with Caffe's window rules.
@@ -169,30 +101,26 @@ class Pooling(CaffeLayer):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        pp = layer.param.pooling_param
-        self.method = pp.pool
-        self.global_pooling = pp.global_pooling
-        self.pad = _pool_pair(pp, "pad", "pad_h", "pad_w")
-        self.stride = _pool_pair(pp, "stride", "stride_h", "stride_w")
-        if not self.global_pooling:
-            self.kernel = _pool_pair(pp, "kernel_size", "kernel_h", "kernel_w")
-        if layer.top_shapes[0] is None:
-            raise _layer_error(layer, "the output shape is unknown; give the net's input "
-                                      "shapes to the compiler")
-        self.out_size = tuple(layer.top_shapes[0][2:])
-        self.in_size = tuple(layer.bottom_shapes[0][2:]) if layer.bottom_shapes[0] else None
-        self.with_mask = len(layer.top_shapes) > 1
-
-    def _kernel(self, x):
-        return tuple(x.shape[2:]) if self.global_pooling else self.kernel
+        attrs = layer.attrs
+        if attrs is None:
+            raise LayerError(layer, "the output shape is unknown; give the net's input "
+                                    "shapes to the compiler")
+        self.method, self.kernel = attrs.method, attrs.kernel
+        self.pad, self.stride = attrs.pad, attrs.stride
+        self.out_size, self.in_size = attrs.output_size, attrs.input_size
+        self.with_mask = attrs.with_mask
+        divisor_h, divisor_w = (torch.tensor(d, dtype=torch.float64) for d in attrs.ave_divisors)
+        # Caffe's AVE divisor per output position (the compiler's, see PoolingAttrs).
+        self.register_buffer("ave_divisor", divisor_h[:, None] * divisor_w[None, :],
+                             persistent=False)
 
     def forward(self, x):
         if x.dim() != 4:
-            raise _layer_error(self.layer, f"input must have 4 axes, got {tuple(x.shape)}")
-        if self.in_size is not None and tuple(x.shape[2:]) != self.in_size:
+            raise LayerError(self.layer, f"input must have 4 axes, got {tuple(x.shape)}")
+        if tuple(x.shape[2:]) != self.in_size:
             # The output size was fixed by the compiler for this input size.
-            raise _layer_error(self.layer, f"input spatial size {tuple(x.shape[2:])} differs "
-                                           f"from the compiled {self.in_size}")
+            raise LayerError(self.layer, f"input spatial size {tuple(x.shape[2:])} differs "
+                                         f"from the compiled {self.in_size}")
         if self.method == _MAX:
             y, mask = self._max(x)
             y = self._extend(y, _NEG_FLT_MAX)
@@ -214,7 +142,7 @@ class Pooling(CaffeLayer):
     def _padded(self, x, pad, value):
         """The input padded so that every live window fits: the ceil rule's last window may
         reach past size + pad (by less than a kernel)."""
-        kernel = self._kernel(x)
+        kernel = self.kernel
         after = tuple(max(0, (o - 1) * s + k - n - p) for o, s, k, n, p in
                       zip(self._live(x, pad), self.stride, kernel, x.shape[2:], pad))
         return F.pad(x, (pad[1], after[1], pad[0], after[0]), value=value)
@@ -241,7 +169,7 @@ class Pooling(CaffeLayer):
         # -FLT_MAX for a window that holds no input element.
         live = self._live(x, self.pad)
         padded = self._padded(x, self.pad, _NEG_FLT_MAX)
-        y, index = F.max_pool2d(padded, self._kernel(x), self._stride_in(padded),
+        y, index = F.max_pool2d(padded, self.kernel, self._stride_in(padded),
                                 return_indices=True)
         y = self._crop(y, live)
         if not self.with_mask:
@@ -258,19 +186,15 @@ class Pooling(CaffeLayer):
     def _ave(self, x):
         live = self._live(x, self.pad)
         padded = self._padded(x, self.pad, 0.0)
-        kernel = self._kernel(x)
-        sums = self._crop(F.avg_pool2d(padded, kernel, self._stride_in(padded),
+        sums = self._crop(F.avg_pool2d(padded, self.kernel, self._stride_in(padded),
                                        divisor_override=1), live)
-        divisor_h, divisor_w = (
-            _ave_divisor(o, k, s, p, n) for o, k, s, p, n in
-            zip(live, kernel, self.stride, self.pad, x.shape[2:]))
-        divisor = (divisor_h[:, None] * divisor_w[None, :]).to(device=x.device, dtype=x.dtype)
+        divisor = self.ave_divisor[:live[0], :live[1]].to(device=x.device, dtype=x.dtype)
         return sums / divisor
 
     def _windows(self, x):
         """(N, C, kh * kw, live_h, live_w): each live output's window, row-major, zero beyond
         the input. Caffe's STOCHASTIC kernels ignore `pad`: windows start at i * stride."""
-        kernel = self._kernel(x)
+        kernel = self.kernel
         live = self._live(x, (0, 0))
         padded = self._padded(x, (0, 0), 0.0)
         stride = self._stride_in(padded)
@@ -315,8 +239,6 @@ class LRN(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         lp = layer.param.lrn_param
-        if lp.local_size % 2 != 1:
-            raise _layer_error(layer, "LRN only supports odd values for local_size")
         self.size = lp.local_size
         self.pre_pad = (lp.local_size - 1) // 2
         self.alpha, self.beta, self.k = lp.alpha, lp.beta, lp.k
@@ -324,7 +246,7 @@ class LRN(CaffeLayer):
 
     def forward(self, x):
         if x.dim() != 4:
-            raise _layer_error(self.layer, f"input must have 4 axes, got {tuple(x.shape)}")
+            raise LayerError(self.layer, f"input must have 4 axes, got {tuple(x.shape)}")
         squares = x * x
         if self.across:
             # scale = k + alpha / n * sum of squares over n channels centred on c (zero
@@ -354,9 +276,8 @@ class InnerProduct(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         ip = layer.param.inner_product_param
-        self.axis = _canonical_axis(ip.axis, len(layer.bottom_shapes[0]))
-        self.transpose = ip.transpose
-        self.bias_term = ip.bias_term
+        self.axis, self.transpose = layer.attrs.axis, layer.attrs.transpose
+        self.bias_term = layer.attrs.bias_term
         self.add_blob(layer.param_shapes[0], ip.weight_filler)
         if self.bias_term:
             self.add_blob(layer.param_shapes[1], ip.bias_filler)
@@ -403,9 +324,9 @@ class Embed(CaffeLayer):
         # The check reads values (a device sync, a graph break): compiled code goes without.
         if not torch.compiler.is_compiling() and bool(bad.any()):
             value = x[bad].flatten()[0].item()
-            raise IndexError(f"layer {self.layer.name!r} (Embed): index {value} is outside "
-                             f"[0, {self.input_dim}) (input_dim) and is not the padding "
-                             f"index {self.PADDING_INDEX}")
+            raise LayerError(self.layer, f"index {value} is outside [0, {self.input_dim}) "
+                                         f"(input_dim) and is not the padding index "
+                                         f"{self.PADDING_INDEX}")
         keep = index != self.PADDING_INDEX
         rows = F.embedding(torch.where(keep, index, torch.zeros_like(index)), self.blobs[0])
         y = rows * keep.unsqueeze(-1).to(rows.dtype)
@@ -476,11 +397,6 @@ class BatchNorm(CaffeLayer):
 # --------------------------------------------------------------------------- Scale / Bias
 
 
-def _learnt_axis(axis, x, blob):
-    # ScaleLayer / BiasLayer: a 0-axis (scalar) operand broadcasts from axis 0.
-    return 0 if blob.dim() == 0 else _canonical_axis(axis, x.dim())
-
-
 @register("Scale")
 class Scale(CaffeLayer):
     """y = x * scale (+ bias); scale is bottom[1] when given, else a blob (filler default
@@ -489,7 +405,7 @@ class Scale(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         sp = layer.param.scale_param
-        self.axis = sp.axis
+        self.axis = layer.attrs.axis      # 0 for a scalar operand, as Caffe broadcasts it
         self.scale_bottom = len(layer.bottoms) > 1
         self.bias_term = sp.bias_term
         if not self.scale_bottom:
@@ -502,10 +418,9 @@ class Scale(CaffeLayer):
 
     def forward(self, x, *scale_bottom):
         scale = scale_bottom[0] if self.scale_bottom else self.blobs[0]
-        axis = _learnt_axis(self.axis, x, scale)
-        y = x * _broadcast(scale, x.dim(), axis)
+        y = x * _broadcast(scale, x.dim(), self.axis)
         if self.bias_term:
-            y = y + _broadcast(self.blobs[-1], x.dim(), axis)
+            y = y + _broadcast(self.blobs[-1], x.dim(), self.axis)
         return (y,)
 
 
@@ -516,14 +431,14 @@ class Bias(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         bp = layer.param.bias_param
-        self.axis = bp.axis
+        self.axis = layer.attrs.axis      # 0 for a scalar operand, as Caffe broadcasts it
         self.bias_bottom = len(layer.bottoms) > 1
         if not self.bias_bottom:
             self.add_blob(layer.param_shapes[0], bp.filler)
 
     def forward(self, x, *bias_bottom):
         bias = bias_bottom[0] if self.bias_bottom else self.blobs[0]
-        return (x + _broadcast(bias, x.dim(), _learnt_axis(self.axis, x, bias)),)
+        return (x + _broadcast(bias, x.dim(), self.axis),)
 
 
 # --------------------------------------------------------------------------- MVN
@@ -587,16 +502,7 @@ class Crop(CaffeLayer):
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
-        cp = layer.param.crop_param
-        num_axes = len(layer.bottom_shapes[0])
-        self.axis = _canonical_axis(cp.axis, num_axes)
-        offsets = list(cp.offset)
-        cropped = num_axes - self.axis
-        if len(offsets) > 1 and len(offsets) != cropped:
-            raise _layer_error(layer, f"{len(offsets)} offsets given for {cropped} "
-                                      f"cropped axes")
-        self.offsets = (offsets * cropped if len(offsets) == 1 else
-                        offsets or [0] * cropped)
+        self.axis, self.offsets = layer.attrs.axis, layer.attrs.offsets
 
     def forward(self, x, reference):
         index = [slice(None)] * self.axis
@@ -604,7 +510,7 @@ class Crop(CaffeLayer):
             axis = self.axis + i
             size = reference.shape[axis]
             if offset + size > x.shape[axis]:
-                raise _layer_error(self.layer, f"axis {axis}: offset {offset} + size {size} "
-                                               f"exceeds {x.shape[axis]}")
+                raise LayerError(self.layer, f"axis {axis}: offset {offset} + size {size} "
+                                             f"exceeds {x.shape[axis]}")
             index.append(slice(offset, offset + size))
         return (x[tuple(index)],)

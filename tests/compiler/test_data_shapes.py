@@ -76,7 +76,7 @@ def test_hdf5_broken_data_and_settings_are_errors(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(CompileError, match="lists no HDF5 files"):
         shapes(hdf5(tmp_path / "empty.txt"))
-    with pytest.raises(CompileError, match="takes no bottoms"):
+    with pytest.raises(CompileError, match="needs exactly 0 bottoms, has 1"):
         shapes(hdf5(tmp_path / "one.txt", tops=("cont",)), bottoms=[(1,)])
 
 
@@ -97,7 +97,9 @@ def test_image_data_shape_from_the_first_image(tmp_path, image_list):
     assert shapes(image_data(image_list, root, "crop_size: 25")) == [(10, 3, 25, 25), (10,)]
     assert shapes(image_data(image_list, root + " min_height: 60 min_width: 60")) == \
         [(10, 3, 60, 80), (10,)]
-    assert shapes(image_data(image_list, root, tops='top: "data"')) == [(10, 3, 30, 40)]
+    # ImageDataLayer::ExactNumTopBlobs is 2: data and label.
+    with pytest.raises(CompileError, match="needs exactly 2 tops, has 1"):
+        shapes(image_data(image_list, root, tops='top: "data"'))
 
 
 def test_image_data_new_size_needs_no_image(tmp_path):
@@ -134,7 +136,7 @@ def test_image_data_setting_checks(tmp_path, image_list):
                                            "3 x 30 x 40"):
         shapes(image_data(image_list, root, f'mean_file: "{tmp_path / "mean.binaryproto"}"'))
     with pytest.raises(CompileError, match="image_data_param.source"):
-        shapes('layer { name: "i" type: "ImageData" top: "d" image_data_param { '
+        shapes('layer { name: "i" type: "ImageData" top: "d" top: "l" image_data_param { '
                'batch_size: 1 } }')
 
 

@@ -1,4 +1,4 @@
-"""Shape rules of the compute layers (compiler/layer_shapes.py) against hand-computed Caffe shapes.
+"""Declarations of the compute layers (compiler/layer_types/) against hand-computed Caffe shapes.
 
 Every expected shape below is worked out from the Caffe source's arithmetic, not from running
 the rule; where Caffe and PyTorch disagree the comment shows both.
@@ -7,9 +7,9 @@ the rule; where Caffe and PyTorch disagree the comment shows both.
 import pytest
 
 import compiler
-from compiler import layer_shapes
 from compiler.errors import CompileError
-from compiler.shapes import ShapeContext, _RULES
+from compiler.layer_types import declaration, declared_types
+from compiler.shapes import ShapeContext, infer_layer
 
 
 def make_layer(type_name, body="", bottoms=1, tops=1):
@@ -20,12 +20,9 @@ def make_layer(type_name, body="", bottoms=1, tops=1):
 
 
 def infer(type_name, body, *bottom_shapes, tops=1, phase="TRAIN"):
-    """Apply the registered rule as compiler.shapes.infer_layer does (one shape per named top)."""
+    """Check the blob counts and apply the declared rule (one shape per named top)."""
     layer = make_layer(type_name, body, len(bottom_shapes), tops)
-    result = _RULES[type_name](layer, [tuple(s) for s in bottom_shapes], ShapeContext(phase=phase))
-    result.top_shapes = [None if s is None else tuple(s) for s in result.top_shapes][:tops]
-    result.param_shapes = [tuple(s) for s in result.param_shapes]
-    return result
+    return infer_layer(layer, bottom_shapes, ShapeContext(phase=phase))
 
 
 def fails(match, type_name, body, *bottom_shapes, tops=1):
@@ -35,7 +32,8 @@ def fails(match, type_name, body, *bottom_shapes, tops=1):
 
 
 def test_every_rule_of_this_module_is_registered():
-    mine = {name for name, rule in _RULES.items() if rule.__module__ == layer_shapes.__name__}
+    mine = {name for name in declared_types()
+            if declaration(name).rule.__module__.startswith("compiler.layer_types.")}
     assert mine == {
         "AbsVal", "Accuracy", "ArgMax", "BNLL", "BatchNorm", "Bias", "Clip", "Concat",
         "ContrastiveLoss", "Convolution", "Crop", "Deconvolution", "Dropout", "ELU", "Eltwise",
@@ -147,7 +145,7 @@ def test_global_pooling():
 def test_max_pooling_may_have_a_mask_top():
     result = infer("Pooling", "pooling_param { kernel_size: 2 stride: 2 }", (1, 3, 4, 4), tops=2)
     assert result.top_shapes == [(1, 3, 2, 2), (1, 3, 2, 2)]
-    fails("takes 1 top, got 2", "Pooling", "pooling_param { pool: AVE kernel_size: 2 }",
+    fails("needs exactly 1 top, has 2", "Pooling", "pooling_param { pool: AVE kernel_size: 2 }",
           (1, 3, 4, 4), tops=2)
 
 
@@ -170,7 +168,7 @@ def test_pooling_errors():
           (1, 1, 9, 9))
     fails("does not fit", "Pooling", "pooling_param { kernel_size: 5 stride: 2 round_mode: "
                                      "FLOOR }", (1, 1, 2, 2))
-    fails("takes 1 bottom, got 2", "Pooling", "pooling_param { kernel_size: 2 }",
+    fails("needs exactly 1 bottom, has 2", "Pooling", "pooling_param { kernel_size: 2 }",
           (1, 1, 4, 4), (1, 1, 4, 4))
 
 
@@ -249,8 +247,8 @@ def test_convolution_errors():
           "convolution_param { num_output: 4 kernel_size: 5 }", (1, 3, 3, 3))
     fails("same shape", "Convolution", "convolution_param { num_output: 4 kernel_size: 1 }",
           (1, 3, 4, 4), (1, 3, 5, 5), tops=2)
-    fails("takes 2 tops, got 1", "Convolution", "convolution_param { num_output: 4 "
-                                                "kernel_size: 1 }", (1, 3, 4, 4), (1, 3, 4, 4))
+    fails("needs one top per bottom, has 2 bottoms and 1 top", "Convolution",
+          "convolution_param { num_output: 4 kernel_size: 1 }", (1, 3, 4, 4), (1, 3, 4, 4))
 
 
 def test_deconvolution():
@@ -299,11 +297,11 @@ def test_elementwise_layer_checks():
     with pytest.raises(CompileError, match="in-place"):
         layer = compiler.parse_text('layer { name: "a" type: "AbsVal" bottom: "x" top: "x" }',
                                     "net").layer[0]
-        _RULES["AbsVal"](layer, [(2, 3)], ShapeContext())
+        infer_layer(layer, [(2, 3)], ShapeContext())
     fails(r"dropout_ratio must be in \[0, 1\)", "Dropout", "dropout_param { dropout_ratio: 1 }",
           (2, 3))
     fails("above max", "Clip", "clip_param { min: 1 max: 0 }", (2, 3))
-    fails("takes 1 bottom, got 2", "ReLU", "", (2, 3), (2, 3))
+    fails("needs exactly 1 bottom, has 2", "ReLU", "", (2, 3), (2, 3))
 
 
 def test_dropout_is_a_copy_at_test():
@@ -407,7 +405,7 @@ def test_flatten():
     with pytest.raises(CompileError, match="in-place"):
         layer = compiler.parse_text('layer { name: "f" type: "Flatten" bottom: "x" top: "x" }',
                                     "net").layer[0]
-        _RULES["Flatten"](layer, [(2, 3)], ShapeContext())
+        infer_layer(layer, [(2, 3)], ShapeContext())
 
 
 def test_slice_even_and_with_points():
@@ -445,7 +443,7 @@ def test_split_and_silence():
     assert infer("Split", "", (2, 3), tops=3).top_shapes == [(2, 3)] * 3
     silence = infer("Silence", "", (2, 3), (4,), tops=0)
     assert silence.top_shapes == [] and silence.flops == 0
-    fails("takes 0 tops, got 1", "Silence", "", (2, 3))
+    fails("needs exactly 0 tops, has 1", "Silence", "", (2, 3))
 
 
 def test_tile():
@@ -484,7 +482,7 @@ def test_eltwise():
           (2, 3), (2, 3))
     fails("only takes coefficients for summation", "Eltwise",
           "eltwise_param { operation: PROD coeff: 1 coeff: 2 }", (2, 3), (2, 3))
-    fails("takes at least 2 bottoms, got 1", "Eltwise", "", (2, 3))
+    fails("needs at least 2 bottoms, has 1", "Eltwise", "", (2, 3))
 
 
 def test_eltwise_coeff_blob_of_the_activity_fork():
@@ -600,7 +598,7 @@ def test_softmax_with_loss_label_count_error():
                   "SoftmaxWithLoss", "", (20, 100, 8801), (20, 100))
     assert "(20, 8801)" in error.hint
     fails("same first dimension", "SoftmaxWithLoss", "", (20, 10), (21,))
-    fails("takes 2 bottoms, got 1", "SoftmaxWithLoss", "", (20, 10))
+    fails("needs exactly 2 bottoms, has 1", "SoftmaxWithLoss", "", (20, 10))
 
 
 def test_a_loss_without_a_top_is_accepted():
@@ -652,7 +650,7 @@ def test_input():
     fails("once per top blob", "Input",
           "input_param { shape { dim: 1 } shape { dim: 2 } }", tops=3)
     fails("negative dimension", "Input", "input_param { shape { dim: -1 } }")
-    fails("takes 0 bottoms, got 1", "Input", "input_param { shape { dim: 1 } }", (1,))
+    fails("needs exactly 0 bottoms, has 1", "Input", "input_param { shape { dim: 1 } }", (1,))
 
 
 def test_parameter():
@@ -690,8 +688,8 @@ def test_lstm_expose_hidden():
     assert static.param_shapes == [(32, 4), (32,), (32, 6), (32, 8)]
     fails(r"exposed hidden state \(bottom 3\) must have shape \(1, 3, 8\)", "LSTM", body,
           (5, 3, 4), (5, 3), (1, 3, 8), (1, 3, 7), tops=3)
-    fails("takes 4 to 5 bottoms, got 2", "LSTM", body, (5, 3, 4), (5, 3), tops=3)
-    fails("takes 3 tops, got 1", "LSTM", body, (5, 3, 4), (5, 3), (1, 3, 8), (1, 3, 8))
+    fails("needs 4 to 5 bottoms, has 2", "LSTM", body, (5, 3, 4), (5, 3), tops=3)
+    fails("needs exactly 3 tops, has 1", "LSTM", body, (5, 3, 4), (5, 3), (1, 3, 8), (1, 3, 8))
 
 
 def test_lstm_flops():
@@ -716,7 +714,7 @@ def test_lstm_errors():
     fails(r"x_static \(bottom 2\) must have shape \(N, features...\) with N = 3", "LSTM", body,
           (5, 3, 4), (5, 3), (4, 6))
     fails("num_output must be positive", "LSTM", "", (5, 3, 4), (5, 3))
-    fails("takes 2 to 3 bottoms, got 4", "LSTM", body, (5, 3, 4), (5, 3), (3, 2), (3, 2))
+    fails("needs 2 to 3 bottoms, has 4", "LSTM", body, (5, 3, 4), (5, 3), (3, 2), (3, 2))
 
 
 def test_rnn():

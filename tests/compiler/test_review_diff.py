@@ -76,7 +76,7 @@ layers { name: "accuracy" type: ACCURACY bottom: "ip" bottom: "label" top: "accu
          include { phase: TEST } }
 '''
 
-# BASE in TRAIN, by hand (FLOP convention of compiler/layer_shapes.py):
+# BASE in TRAIN, by hand (FLOP convention of compiler/layer_types/common.py):
 #   conv1 (2,4,6,6): 4*27+4 = 112 params, 2*288*27 + 288 = 15840 FLOPs; relu1 288;
 #   pool1 (2,4,3,3): 72 outputs * 4 = 288; ip: 5*36+5 = 185 params, 2*2*36*5 + 10 = 730;
 #   aux: 3*36+3 = 111 params, 2*2*36*3 + 6 = 438; loss: 3*10 + 2*2 = 34.

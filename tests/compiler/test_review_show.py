@@ -9,7 +9,7 @@ import yaml
 from compiler.review_cli import show_main
 
 # Shapes, parameter counts and FLOPs worked out by hand (FLOP convention of
-# compiler/layer_shapes.py: a multiply-add is 2, a bias add 1, a ReLU 1 per element):
+# compiler/layer_types/common.py: a multiply-add is 2, a bias add 1, a ReLU 1 per element):
 #   conv1: (2,3,8,8) * 4 filters 3x3 -> (2,4,6,6); params 4*3*3*3 + 4 = 112;
 #          FLOPs 2 * 288 outputs * 27 + 288 bias = 15840
 #   relu1: in place on 288 values -> 288 FLOPs

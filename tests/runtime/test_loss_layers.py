@@ -7,17 +7,20 @@ import torch
 from torch.autograd import gradcheck
 
 from runtime.layers import loss
+from compiler.errors import CompileError
 from runtime.weights import write_blob_file
 from support import compiled_layer
 
 FLT_MIN = np.finfo(np.float32).tiny
 
 
-def make(cls, type_name, params="", bottoms=("x", "label"), tops=("loss",), phase="TRAIN"):
+def make(cls, type_name, params="", bottoms=("x", "label"), tops=("loss",), phase="TRAIN",
+         shapes=()):
+    """The unit, compiled for bottoms of `shapes` (units that read a compiled axis need them)."""
     text = (f'layer {{ name: "l" type: "{type_name}" '
             + "".join(f'bottom: "{b}" ' for b in bottoms)
             + "".join(f'top: "{t}" ' for t in tops) + f"{params} }}")
-    layer = compiled_layer(text, [], [], [], phase)
+    layer = compiled_layer(text, shapes, [], [], phase)
     return cls(layer, torch.Generator().manual_seed(0))
 
 
@@ -81,7 +84,7 @@ HAND_LABEL = np.array([[0, 2, -1, 1], [1, -1, 2.7, 0]])  # 2.7 casts to 2, as st
     ("FULL", "loss_param { ignore_label: -1 normalization: FULL normalize: false }"),
 ])
 def test_softmax_loss_normalizations_on_a_hand_made_case(mode, loss_param):
-    layer = make(loss.SoftmaxWithLoss, "SoftmaxWithLoss", loss_param)
+    layer = make(loss.SoftmaxWithLoss, "SoftmaxWithLoss", loss_param, shapes=[(2, 3, 4), (2, 4)])
     value, grad = value_and_grad(layer, torch.tensor(HAND_X), torch.tensor(HAND_LABEL))
     ref_value, ref_grad = softmax_loss_reference(HAND_X, HAND_LABEL, 1, -1, mode)
     np.testing.assert_allclose(value, ref_value, rtol=1e-12)
@@ -95,7 +98,8 @@ def test_softmax_loss_normalizers_differ_as_expected():
     values = {}
     for mode in ["VALID", "FULL", "BATCH_SIZE", "NONE"]:
         layer = make(loss.SoftmaxWithLoss, "SoftmaxWithLoss",
-                     f"loss_param {{ ignore_label: -1 normalization: {mode} }}")
+                     f"loss_param {{ ignore_label: -1 normalization: {mode} }}",
+                     shapes=[(2, 3, 4), (2, 4)])
         values[mode] = layer(x, label)[0].item()
     # 6 valid of 8 positions, outer (batch) = 2.
     np.testing.assert_allclose(values["NONE"], 6 * values["VALID"])
@@ -109,7 +113,8 @@ def test_softmax_loss_on_time_major_sequences_axis_2():
     label = torch.tensor([[1, 4, 6], [0, 2, -1], [3, -1, -1], [5, -1, -1], [-1, -1, -1]],
                          dtype=torch.float64)
     layer = make(loss.SoftmaxWithLoss, "SoftmaxWithLoss",
-                 "softmax_param { axis: 2 } loss_param { ignore_label: -1 }")
+                 "softmax_param { axis: 2 } loss_param { ignore_label: -1 }",
+                 shapes=[(5, 3, 7), (5, 3)])
     value, grad = value_and_grad(layer, x, label)
     ref_value, ref_grad = softmax_loss_reference(x.numpy(), label.numpy(), 2, -1, "VALID")
     np.testing.assert_allclose(value, ref_value, rtol=1e-12)
@@ -120,7 +125,7 @@ def test_softmax_loss_on_time_major_sequences_axis_2():
 def test_softmax_loss_gradcheck_and_prob_top():
     layer = make(loss.SoftmaxWithLoss, "SoftmaxWithLoss",
                  "softmax_param { axis: -1 } loss_param { ignore_label: 0 }",
-                 tops=("loss", "prob"))
+                 tops=("loss", "prob"), shapes=[(4, 2, 5), (4, 2)])
     x = rand(4, 2, 5).requires_grad_(True)
     label = torch.tensor([[0, 1], [2, 3], [4, 0], [1, 1]], dtype=torch.float64)
     assert gradcheck(lambda t: layer(t, label)[0], (x,), eps=1e-6, atol=1e-6)
@@ -131,7 +136,7 @@ def test_softmax_loss_gradcheck_and_prob_top():
 
 def test_softmax_loss_clamps_at_flt_min_with_caffe_gradient():
     for dtype in (torch.float32, torch.float64):
-        layer = make(loss.SoftmaxWithLoss, "SoftmaxWithLoss")
+        layer = make(loss.SoftmaxWithLoss, "SoftmaxWithLoss", shapes=[(1, 2), (1,)])
         x = torch.tensor([[0.0, -200.0]], dtype=dtype, requires_grad=True)
         out = layer(x, torch.tensor([1.0]))[0]
         # float: p underflows to 0; double: p = e^-200 < FLT_MIN. Both clamp.
@@ -142,13 +147,16 @@ def test_softmax_loss_clamps_at_flt_min_with_caffe_gradient():
 
 
 def test_softmax_loss_with_every_label_ignored_is_zero_not_nan():
-    layer = make(loss.SoftmaxWithLoss, "SoftmaxWithLoss", "loss_param { ignore_label: -1 }")
+    layer = make(loss.SoftmaxWithLoss, "SoftmaxWithLoss", "loss_param { ignore_label: -1 }",
+                 shapes=[(2, 3), (2,)])
     value, grad = value_and_grad(layer, rand(2, 3), torch.tensor([-1.0, -1.0]))
     assert value == 0 and not grad.any()
 
 
 def test_softmax_loss_label_count_must_match():
-    layer = make(loss.SoftmaxWithLoss, "SoftmaxWithLoss")
+    with pytest.raises(CompileError, match="number of labels"):
+        make(loss.SoftmaxWithLoss, "SoftmaxWithLoss", shapes=[(2, 3, 4), (2,)])
+    layer = make(loss.SoftmaxWithLoss, "SoftmaxWithLoss", shapes=[(2, 3, 4), (2, 4)])
     with pytest.raises(ValueError, match="labels"):
         layer(rand(2, 3, 4), torch.zeros(2))
 
@@ -179,7 +187,8 @@ def sigmoid_ce_reference(x, t, ignore_label, mode):
     ("FULL", "loss_param { normalization: FULL }"),
 ])
 def test_sigmoid_cross_entropy(mode, params):
-    layer = make(loss.SigmoidCrossEntropyLoss, "SigmoidCrossEntropyLoss", params)
+    layer = make(loss.SigmoidCrossEntropyLoss, "SigmoidCrossEntropyLoss", params,
+                 shapes=[(3, 4), (3, 4)])
     x = rand(3, 4) * 5
     x[0, 0] = 0.0  # Caffe's gradient at 0 is sigmoid(0) - t
     x[0, 1] = 60.0
@@ -196,7 +205,8 @@ def test_sigmoid_cross_entropy(mode, params):
 
 
 def test_sigmoid_cross_entropy_gradcheck():
-    layer = make(loss.SigmoidCrossEntropyLoss, "SigmoidCrossEntropyLoss")
+    layer = make(loss.SigmoidCrossEntropyLoss, "SigmoidCrossEntropyLoss",
+                 shapes=[(3, 4), (3, 4)])
     x = rand(3, 4).requires_grad_(True)
     target = torch.rand(3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     assert gradcheck(lambda t: layer(t, target)[0], (x,), eps=1e-6, atol=1e-6)
@@ -205,7 +215,8 @@ def test_sigmoid_cross_entropy_gradcheck():
 # ---- EuclideanLoss / ContrastiveLoss / HingeLoss ----
 
 def test_euclidean_loss():
-    layer = make(loss.EuclideanLoss, "EuclideanLoss", bottoms=("a", "b"))
+    layer = make(loss.EuclideanLoss, "EuclideanLoss", bottoms=("a", "b"),
+                 shapes=[(4, 3), (4, 3)])
     a, b = rand(4, 3), rand(4, 3, seed=1)
     np.testing.assert_allclose(layer(a, b)[0].item(),
                                ((a - b) ** 2).sum().item() / 4 / 2, rtol=1e-12)
@@ -241,7 +252,8 @@ def contrastive_reference(a, b, y, margin, legacy):
 @pytest.mark.parametrize("legacy", [False, True])
 def test_contrastive_loss_matches_caffe_including_its_1e_4(legacy):
     params = f"contrastive_loss_param {{ margin: 2 legacy_version: {str(legacy).lower()} }}"
-    layer = make(loss.ContrastiveLoss, "ContrastiveLoss", params, bottoms=("a", "b", "y"))
+    layer = make(loss.ContrastiveLoss, "ContrastiveLoss", params, bottoms=("a", "b", "y"),
+                 shapes=[(6, 3, 1, 1), (6, 3, 1, 1), (6, 1, 1, 1)])
     a, b = rand(6, 3, 1, 1) * 0.6, rand(6, 3, 1, 1, seed=1) * 0.6
     b[5] = a[5]  # a dissimilar pair at distance 0: Caffe's gradient stays finite (zero diff)
     y = torch.tensor([1, 0, 1, 0, 0, 0], dtype=torch.float64).reshape(6, 1, 1, 1)
@@ -274,7 +286,8 @@ def hinge_reference(x, label, norm):
 
 @pytest.mark.parametrize("norm", ["L1", "L2"])
 def test_hinge_loss(norm):
-    layer = make(loss.HingeLoss, "HingeLoss", f"hinge_loss_param {{ norm: {norm} }}")
+    layer = make(loss.HingeLoss, "HingeLoss", f"hinge_loss_param {{ norm: {norm} }}",
+                 shapes=[(4, 5), (4,)])
     x = rand(4, 5)
     x[(x + 1).abs() < 0.05] += 0.1  # away from the hinge
     x[(x - 1).abs() < 0.05] += 0.1
@@ -290,7 +303,7 @@ def test_hinge_loss(norm):
 # ---- MultinomialLogisticLoss / InfogainLoss ----
 
 def test_multinomial_logistic_loss_with_its_clamp():
-    layer = make(loss.MultinomialLogisticLoss, "MultinomialLogisticLoss")
+    layer = make(loss.MultinomialLogisticLoss, "MultinomialLogisticLoss", shapes=[(3, 3), (3,)])
     prob = torch.tensor([[0.2, 0.5, 0.3], [0.0, 0.9, 0.1], [0.6, 0.3, 0.1]],
                         dtype=torch.float64)
     label = torch.tensor([1, 0, 2], dtype=torch.float64)
@@ -329,7 +342,7 @@ def infogain_reference(x, label, h, axis, ignore_label, mode):
 def test_infogain_loss_with_matrix_bottom():
     layer = make(loss.InfogainLoss, "InfogainLoss",
                  "infogain_loss_param { axis: 1 } loss_param { ignore_label: 2 }",
-                 bottoms=("x", "label", "H"))
+                 bottoms=("x", "label", "H"), shapes=[(3, 4, 2), (3, 2), (4, 4)])
     x = rand(3, 4, 2)
     label = torch.tensor([[0, 1], [2, 3], [3, 0]], dtype=torch.float64)
     h = torch.rand(4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
@@ -348,7 +361,7 @@ def test_infogain_loss_reads_its_matrix_file(tmp_path):
     write_blob_file(str(path), h.reshape(1, 1, 3, 3))
     layer = make(loss.InfogainLoss, "InfogainLoss",
                  f'infogain_loss_param {{ source: "{path}" }} '
-                 f'loss_param {{ normalization: BATCH_SIZE }}')
+                 f'loss_param {{ normalization: BATCH_SIZE }}', shapes=[(4, 3), (4,)])
     x = rand(4, 3)
     label = torch.tensor([0, 2, 1, 1], dtype=torch.float64)
     ref_value, _ = infogain_reference(x.numpy(), label.numpy(), h.astype(np.float64), 1, None,
@@ -359,7 +372,7 @@ def test_infogain_loss_reads_its_matrix_file(tmp_path):
 def test_infogain_rejects_legacy_normalize():
     with pytest.raises(ValueError, match="normalize"):
         make(loss.InfogainLoss, "InfogainLoss", "loss_param { normalize: true }",
-             bottoms=("x", "label", "H"))
+             bottoms=("x", "label", "H"), shapes=[(2, 3), (2,), (3, 3)])
 
 
 # ---- Accuracy ----
@@ -394,13 +407,14 @@ def accuracy_reference(x, label, axis, top_k, ignore_label):
 
 
 def test_accuracy_ties_count_against_the_true_class():
-    layer = make(loss.Accuracy, "Accuracy", tops=("acc",))
+    layer = make(loss.Accuracy, "Accuracy", tops=("acc",), shapes=[(3, 3), (3,)])
     x = torch.tensor([[0.5, 0.5, 0.0], [0.1, 0.7, 0.7], [0.2, 0.9, 0.3]])
     label = torch.tensor([0.0, 2.0, 1.0])
     # Rows 0 and 1 tie with another class: a miss at top_k 1 (Caffe master), whichever
     # index is larger. Row 2 is a clean hit.
     np.testing.assert_allclose(layer(x, label)[0].item(), 1 / 3)
-    top2 = make(loss.Accuracy, "Accuracy", "accuracy_param { top_k: 2 }", tops=("acc",))
+    top2 = make(loss.Accuracy, "Accuracy", "accuracy_param { top_k: 2 }", tops=("acc",),
+                shapes=[(3, 3), (3,)])
     assert top2(x, label)[0].item() == 1.0
 
 
@@ -408,7 +422,7 @@ def test_accuracy_ties_count_against_the_true_class():
 def test_accuracy_top_k_ignore_and_per_class_against_caffe_loop(top_k):
     layer = make(loss.Accuracy, "Accuracy",
                  f"accuracy_param {{ top_k: {top_k} axis: 2 ignore_label: -1 }}",
-                 tops=("acc", "per_class"))
+                 tops=("acc", "per_class"), shapes=[(4, 3, 5), (4, 3)])
     x = torch.randint(0, 3, (4, 3, 5), generator=torch.Generator().manual_seed(top_k))
     x = x.to(torch.float64)  # small integers: many ties
     label = torch.tensor([[0, 1, -1], [4, 4, 2], [3, -1, -1], [1, 0, 0]],
@@ -422,14 +436,14 @@ def test_accuracy_top_k_ignore_and_per_class_against_caffe_loop(top_k):
 
 def test_accuracy_with_every_label_ignored_is_zero():
     layer = make(loss.Accuracy, "Accuracy", "accuracy_param { ignore_label: 7 }",
-                 tops=("acc",))
+                 tops=("acc",), shapes=[(2, 3), (2,)])
     assert layer(rand(2, 3), torch.tensor([7.0, 7.0]))[0].item() == 0.0
 
 
 def test_accuracy_top_k_above_classes_is_an_error():
-    layer = make(loss.Accuracy, "Accuracy", "accuracy_param { top_k: 4 }", tops=("acc",))
-    with pytest.raises(ValueError, match="top_k"):
-        layer(rand(2, 3), torch.tensor([0.0, 1.0]))
+    with pytest.raises(CompileError, match="top_k"):
+        make(loss.Accuracy, "Accuracy", "accuracy_param { top_k: 4 }", tops=("acc",),
+             shapes=[(2, 3), (2,)])
 
 
 def test_labels_are_declared_gradient_free():
@@ -445,7 +459,8 @@ def test_losses_run_on_cuda():
     x = rand(5, 3, 7).cuda().requires_grad_(True)
     label = torch.randint(-1, 7, (5, 3), generator=torch.Generator().manual_seed(0)).double()
     layer = make(loss.SoftmaxWithLoss, "SoftmaxWithLoss",
-                 "softmax_param { axis: 2 } loss_param { ignore_label: -1 }")
+                 "softmax_param { axis: 2 } loss_param { ignore_label: -1 }",
+                 shapes=[(5, 3, 7), (5, 3)])
     out = layer(x, label.cuda())[0]
     out.backward()
     ref_value, ref_grad = softmax_loss_reference(x.detach().cpu().numpy(), label.numpy(), 2, -1,
@@ -453,7 +468,7 @@ def test_losses_run_on_cuda():
     np.testing.assert_allclose(out.item(), ref_value, rtol=1e-10)
     np.testing.assert_allclose(x.grad.cpu().numpy(), ref_grad, rtol=1e-8, atol=1e-12)
     acc = make(loss.Accuracy, "Accuracy", "accuracy_param { axis: 2 ignore_label: -1 }",
-               tops=("acc", "per"))
+               tops=("acc", "per"), shapes=[(5, 3, 7), (5, 3)])
     a, per = acc(x, label.cuda())
     ref_acc, ref_per = accuracy_reference(x.detach().cpu().numpy(), label.numpy(), 2, 1, -1)
     np.testing.assert_allclose(a.item(), ref_acc)

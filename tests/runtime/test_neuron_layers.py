@@ -9,6 +9,7 @@ import torch
 from torch.autograd import gradcheck
 from torch.func import functional_call
 
+from compiler.errors import CompileError
 from runtime.layers import neuron
 from support import compiled_layer
 
@@ -166,9 +167,9 @@ def test_log(base, scale, shift):
 
 
 def test_exp_and_log_reject_a_non_positive_base():
-    with pytest.raises(ValueError, match="base"):
+    with pytest.raises(CompileError, match="base"):
         make(neuron.Exp, "Exp", "exp_param { base: 0 }")
-    with pytest.raises(ValueError, match="base"):
+    with pytest.raises(CompileError, match="base"):
         make(neuron.Log, "Log", "log_param { base: -2 }")
 
 
@@ -249,7 +250,7 @@ def test_dropout_is_deterministic_for_a_seed_and_fresh_each_call():
 
 
 def test_dropout_rejects_a_ratio_of_one():
-    with pytest.raises(ValueError, match="dropout_ratio"):
+    with pytest.raises(CompileError, match="dropout_ratio"):
         make(neuron.Dropout, "Dropout", "dropout_param { dropout_ratio: 1 }")
 
 

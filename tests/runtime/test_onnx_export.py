@@ -502,7 +502,8 @@ def test_cli_export_and_check(tmp_path, capsys):
 
 def test_cli_check_fails_on_a_wrong_conversion(tmp_path, capsys, monkeypatch):
     # A Sigmoid exported as Tanh must fail the check (exit 1), not pass quietly.
-    monkeypatch.setitem(ox._CONVERTERS, "Sigmoid", ox._Converter(ox._simple("Tanh")))
+    monkeypatch.setitem(ox.registry._CONVERTERS, "Sigmoid",
+                        ox.registry._Converter(ox.neuron._simple("Tanh")))
     shapes, layers = LAYER_CASES["sigmoid"]
     net_file = write(tmp_path, "s.prototxt", net_text(shapes, layers))
     with pytest.raises(SystemExit) as done:

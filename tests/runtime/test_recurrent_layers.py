@@ -146,13 +146,6 @@ def test_exposed_states_are_no_grad_bottoms():
     assert make("RNN", 2, 1, (3,), 2, expose=True).no_grad_bottoms == (1, 2)
 
 
-def test_wrong_param_shape_count_is_rejected():
-    layer = compiled_layer(recurrent_text("LSTM", 4), [(2, 1, 3), (2, 1)], [(2, 1, 4)],
-                           lstm_param_shapes(3, 4)[:2])
-    with pytest.raises(ValueError, match="param shapes"):
-        LSTM(layer, torch.Generator())
-
-
 def test_timesteps_are_fixed():
     layer = make("LSTM", T=3, N=2, x_dims=(4,), H=3)
     with pytest.raises(ValueError, match="timesteps"):

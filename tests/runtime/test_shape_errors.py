@@ -2,6 +2,7 @@
 unit failing on its inputs: each is one CompileError at the layer, never a torch traceback."""
 
 import pytest
+import torch
 
 from compiler import CompileError, load_text
 from runtime.net import Net
@@ -73,3 +74,15 @@ def test_a_unit_refusing_its_parameters_is_located():
     with pytest.raises(CompileError) as caught:
         Net(load_text(text, "net", "n.prototxt"), phase="TRAIN")
     assert str(caught.value).startswith("n.prototxt:2:1: layer 'd' (Dropout): dropout_ratio")
+
+
+def test_a_unit_refusing_its_input_reads_like_a_compile_error():
+    # The unit's own refusal (LayerError), not torch's: one format, file:line:col first.
+    net = Net(load_text(INPUT % "dim: 2 dim: 3" + 'layer { name: "e" type: "Embed" '
+                        'bottom: "x" top: "y" embed_param { num_output: 4 input_dim: 5 } }\n',
+                        "net", "n.prototxt"))
+    with pytest.raises(CompileError) as caught:
+        net.run({"x": torch.full((2, 3), 7.0)})
+    assert str(caught.value).startswith("n.prototxt:2:1: layer 'e' (Embed): index 7.0 is "
+                                        "outside [0, 5)")
+    assert isinstance(caught.value, ValueError)

@@ -7,6 +7,7 @@ import torch
 from torch.autograd import gradcheck
 
 from runtime.layers import structural
+from compiler.errors import CompileError
 from support import compiled_layer
 
 
@@ -68,7 +69,7 @@ def test_reshape_uses_the_compiled_top_shape():
     ("", (2, 60)), ("flatten_param { axis: 1 end_axis: 2 }", (2, 12, 5)),
     ("flatten_param { axis: -2 }", (2, 3, 20)), ("flatten_param { axis: 0 }", (120,))])
 def test_flatten(params, shape):
-    layer = make(structural.Flatten, "Flatten", params)
+    layer = make(structural.Flatten, "Flatten", params, bottom_shapes=[(2, 3, 4, 5)])
     x = rand(2, 3, 4, 5)
     y = layer(x)[0]
     assert y.shape == shape
@@ -79,7 +80,8 @@ def test_flatten(params, shape):
 
 def test_slice_at_points():
     layer = make(structural.Slice, "Slice",
-                 "slice_param { axis: 1 slice_point: 1 slice_point: 3 }", tops=("a", "b", "c"))
+                 "slice_param { axis: 1 slice_point: 1 slice_point: 3 }", tops=("a", "b", "c"),
+                 bottom_shapes=[(2, 5, 3)])
     x = rand(2, 5, 3)
     a, b, c = layer(x)
     assert [t.shape[1] for t in (a, b, c)] == [1, 2, 2]
@@ -88,39 +90,45 @@ def test_slice_at_points():
 
 
 def test_slice_even_split_negative_axis_and_legacy_slice_dim():
-    layer = make(structural.Slice, "Slice", "slice_param { axis: -1 }", tops=("a", "b"))
+    layer = make(structural.Slice, "Slice", "slice_param { axis: -1 }", tops=("a", "b"),
+                 bottom_shapes=[(2, 3, 6)])
     a, b = layer(rand(2, 3, 6))
     assert a.shape == b.shape == (2, 3, 3)
-    legacy = make(structural.Slice, "Slice", "slice_param { slice_dim: 0 }", tops=("a", "b"))
+    legacy = make(structural.Slice, "Slice", "slice_param { slice_dim: 0 }", tops=("a", "b"),
+                  bottom_shapes=[(4, 3)])
     assert legacy(rand(4, 3))[0].shape == (2, 3)
-    with pytest.raises(ValueError, match="evenly"):
-        layer(rand(2, 3, 5))
+    with pytest.raises(CompileError, match="evenly"):
+        make(structural.Slice, "Slice", "slice_param { axis: -1 }", tops=("a", "b"),
+             bottom_shapes=[(2, 3, 5)])
 
 
 def test_slice_rejects_bad_points():
-    with pytest.raises(ValueError, match="one fewer"):
-        make(structural.Slice, "Slice", "slice_param { slice_point: 1 }", tops=("a", "b", "c"))
-    layer = make(structural.Slice, "Slice", "slice_param { slice_point: 3 slice_point: 2 }",
-                 tops=("a", "b", "c"))
-    with pytest.raises(ValueError, match="increase"):
-        layer(rand(2, 5))
+    # The compiler refuses them (the unit reads the compiled sizes).
+    with pytest.raises(CompileError, match="1 slice_point need 2 tops, got 3"):
+        make(structural.Slice, "Slice", "slice_param { slice_point: 1 }", tops=("a", "b", "c"),
+             bottom_shapes=[(2, 5)])
+    with pytest.raises(CompileError, match="increase"):
+        make(structural.Slice, "Slice", "slice_param { slice_point: 3 slice_point: 2 }",
+             tops=("a", "b", "c"), bottom_shapes=[(2, 5)])
 
 
 def test_concat():
-    layer = make(structural.Concat, "Concat", "concat_param { axis: -1 }", bottoms=("a", "b"))
+    layer = make(structural.Concat, "Concat", "concat_param { axis: -1 }", bottoms=("a", "b"),
+                 bottom_shapes=[(2, 3, 1), (2, 3, 4)])
     a, b = rand(2, 3, 1), rand(2, 3, 4, seed=1)
     y = layer(a, b)[0]
     assert y.shape == (2, 3, 5)
     check_grad(lambda s, t: layer(s, t)[0], a, b)
-    default = make(structural.Concat, "Concat", bottoms=("a", "b"))
+    default = make(structural.Concat, "Concat", bottoms=("a", "b"),
+                   bottom_shapes=[(2, 3), (2, 4)])
     assert default(rand(2, 3), rand(2, 4))[0].shape == (2, 7)
     legacy = make(structural.Concat, "Concat", "concat_param { concat_dim: 0 }",
-                  bottoms=("a", "b"))
+                  bottoms=("a", "b"), bottom_shapes=[(2, 3), (1, 3)])
     assert legacy(rand(2, 3), rand(1, 3))[0].shape == (3, 3)
 
 
 def test_split_sums_the_gradients_of_its_tops():
-    layer = make(structural.Split, "Split", tops=("a", "b", "c"))
+    layer = make(structural.Split, "Split", tops=("a", "b", "c"), bottom_shapes=[(2, 3)])
     x = leaf(rand(2, 3))
     a, b, c = layer(x)
     (a + 2 * b + 3 * c).sum().backward()
@@ -128,7 +136,8 @@ def test_split_sums_the_gradients_of_its_tops():
 
 
 def test_silence_has_no_tops():
-    layer = make(structural.Silence, "Silence", bottoms=("a", "b"), tops=())
+    layer = make(structural.Silence, "Silence", bottoms=("a", "b"), tops=(),
+                 bottom_shapes=[(2,), (3,)])
     assert layer(rand(2), rand(3)) == ()
 
 
@@ -136,12 +145,13 @@ def test_silence_has_no_tops():
 
 def test_eltwise_sum_with_coeffs_and_prod():
     s = make(structural.Eltwise, "Eltwise",
-             "eltwise_param { operation: SUM coeff: 1 coeff: -0.5 }", bottoms=("a", "b"))
+             "eltwise_param { operation: SUM coeff: 1 coeff: -0.5 }", bottoms=("a", "b"),
+             bottom_shapes=[(2, 3)] * 2)
     a, b = rand(2, 3), rand(2, 3, seed=1)
     np.testing.assert_allclose(s(a, b)[0].numpy(), a.numpy() - 0.5 * b.numpy())
     check_grad(lambda x, y: s(x, y)[0], a, b)
     p = make(structural.Eltwise, "Eltwise", "eltwise_param { operation: PROD }",
-             bottoms=("a", "b", "c"))
+             bottoms=("a", "b", "c"), bottom_shapes=[(2, 3)] * 3)
     c = rand(2, 3, seed=2)
     np.testing.assert_allclose(p(a, b, c)[0].numpy(), a.numpy() * b.numpy() * c.numpy())
     check_grad(lambda x, y, z: p(x, y, z)[0], a, b, c)
@@ -149,7 +159,7 @@ def test_eltwise_sum_with_coeffs_and_prod():
 
 def test_eltwise_max_value_and_gradcheck_without_ties():
     m = make(structural.Eltwise, "Eltwise", "eltwise_param { operation: MAX }",
-             bottoms=("a", "b", "c"))
+             bottoms=("a", "b", "c"), bottom_shapes=[(2, 3)] * 3)
     a, b, c = rand(2, 3), rand(2, 3, seed=1), rand(2, 3, seed=2)
     np.testing.assert_allclose(m(a, b, c)[0].numpy(),
                                np.maximum(np.maximum(a.numpy(), b.numpy()), c.numpy()))
@@ -158,7 +168,7 @@ def test_eltwise_max_value_and_gradcheck_without_ties():
 
 def test_eltwise_max_routes_ties_like_caffe_cpu():
     m = make(structural.Eltwise, "Eltwise", "eltwise_param { operation: MAX }",
-             bottoms=("a", "b", "c"))
+             bottoms=("a", "b", "c"), bottom_shapes=[(4,)] * 3)
     # Column 0: all equal -> bottom 1 (0 must be strictly greater to beat 1; 2 must be
     # strictly greater to beat the winner). Column 1: 0 wins, 2 ties it -> stays 0.
     # Column 2: 2 strictly greater -> 2. Column 3: 0 and 1 tie, 2 lower -> 1.
@@ -190,7 +200,7 @@ def eltwise_coeff_blob_reference(inputs, coeff_blob, coeffs):
 def test_eltwise_coeff_blob(coeff_shape):
     layer = make(structural.Eltwise, "Eltwise",
                  "eltwise_param { operation: SUM coeff_blob: true coeff: 2 coeff: -1 }",
-                 bottoms=("a", "b", "w"))
+                 bottoms=("a", "b", "w"), bottom_shapes=[(2, 3, 4), (2, 3, 4), coeff_shape])
     assert layer.no_grad_bottoms == (2,)
     a, b, w = rand(2, 3, 4), rand(2, 3, 4, seed=1), rand(*coeff_shape, seed=2)
     expected = eltwise_coeff_blob_reference([a.numpy(), b.numpy()], w.numpy(), [2.0, -1.0])
@@ -202,28 +212,33 @@ def test_eltwise_coeff_blob(coeff_shape):
 
 
 def test_eltwise_coeff_blob_checks():
-    with pytest.raises(ValueError, match="only implemented for SUM"):
+    # The compiler refuses the settings (the unit never sees them) ...
+    with pytest.raises(CompileError, match="only implemented for operation: SUM"):
         make(structural.Eltwise, "Eltwise", "eltwise_param { operation: MAX coeff_blob: true }",
-             bottoms=("a", "b", "w"))
+             bottoms=("a", "b", "w"), bottom_shapes=[(2, 3), (2, 3), (2, 2)])
+    with pytest.raises(CompileError, match="one coefficient per input bottom"):
+        make(structural.Eltwise, "Eltwise", "eltwise_param { coeff: 1 }", bottoms=("a", "b"),
+             bottom_shapes=[(2, 3), (2, 3)])
+    # ... and the unit a coeff blob of another shape than the compiled one.
     layer = make(structural.Eltwise, "Eltwise", "eltwise_param { coeff_blob: true }",
-                 bottoms=("a", "b", "w"))
+                 bottoms=("a", "b", "w"), bottom_shapes=[(2, 3), (2, 3), (2, 2)])
     with pytest.raises(ValueError, match="coeff blob shape"):
         layer(rand(2, 3), rand(2, 3), rand(3, 2))
-    with pytest.raises(ValueError, match="one per bottom"):
-        make(structural.Eltwise, "Eltwise", "eltwise_param { coeff: 1 }", bottoms=("a", "b"))
 
 
 # ---- Tile / ArgMax / Reduction / Softmax ----
 
 def test_tile():
-    layer = make(structural.Tile, "Tile", "tile_param { axis: 1 tiles: 3 }")
+    layer = make(structural.Tile, "Tile", "tile_param { axis: 1 tiles: 3 }",
+                 bottom_shapes=[(2, 2, 3)])
     x = rand(2, 2, 3)
     np.testing.assert_array_equal(layer(x)[0].numpy(), np.tile(x.numpy(), (1, 3, 1)))
     check_grad(lambda t: layer(t)[0], x)
 
 
 def test_argmax_ties_put_the_larger_index_first():
-    layer = make(structural.ArgMax, "ArgMax", "argmax_param { top_k: 3 out_max_val: true }")
+    layer = make(structural.ArgMax, "ArgMax", "argmax_param { top_k: 3 out_max_val: true }",
+                 bottom_shapes=[(2, 5)])
     x = torch.tensor([[1.0, 3.0, 2.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
     (top,) = layer(x)
     assert top.shape == (2, 2, 3)
@@ -233,19 +248,24 @@ def test_argmax_ties_put_the_larger_index_first():
 
 def test_argmax_shapes():
     x = rand(2, 3, 4, 5)
-    plain = make(structural.ArgMax, "ArgMax")
+    shapes = [tuple(x.shape)]
+    plain = make(structural.ArgMax, "ArgMax", bottom_shapes=shapes)
     (top,) = plain(x)
     assert top.shape == (2, 1, 1, 1)
     assert top.reshape(2).tolist() == x.reshape(2, -1).argmax(1).double().tolist()
-    on_axis = make(structural.ArgMax, "ArgMax", "argmax_param { axis: 1 top_k: 2 }")
+    on_axis = make(structural.ArgMax, "ArgMax", "argmax_param { axis: 1 top_k: 2 }",
+                   bottom_shapes=shapes)
     (top,) = on_axis(x)
     assert top.shape == (2, 2, 4, 5)
     assert torch.equal(top[:, 0], x.argmax(1).double())
-    values = make(structural.ArgMax, "ArgMax", "argmax_param { axis: -1 out_max_val: true }")
+    values = make(structural.ArgMax, "ArgMax", "argmax_param { axis: -1 out_max_val: true }",
+                  bottom_shapes=shapes)
     assert torch.equal(values(x)[0], x.max(-1, keepdim=True).values)
-    assert make(structural.ArgMax, "ArgMax")(rand(3, 7))[0].shape == (3, 1, 1)
-    with pytest.raises(ValueError, match="top_k"):
-        make(structural.ArgMax, "ArgMax", "argmax_param { axis: 1 top_k: 4 }")(x)
+    assert make(structural.ArgMax, "ArgMax", bottom_shapes=[(3, 7)])(rand(3, 7))[0].shape == \
+        (3, 1, 1)
+    with pytest.raises(CompileError, match="top_k"):
+        make(structural.ArgMax, "ArgMax", "argmax_param { axis: 1 top_k: 4 }",
+             bottom_shapes=shapes)
 
 
 @pytest.mark.parametrize("op, reference", [
@@ -254,7 +274,8 @@ def test_argmax_shapes():
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_reduction(op, reference, axis):
     layer = make(structural.Reduction, "Reduction",
-                 f"reduction_param {{ operation: {op} axis: {axis} coeff: 2 }}")
+                 f"reduction_param {{ operation: {op} axis: {axis} coeff: 2 }}",
+                 bottom_shapes=[(2, 3, 4)])
     x = rand(2, 3, 4)
     canonical = axis % 3
     expected = 2 * reference(x.numpy().reshape(x.shape[:canonical] + (-1,)))
@@ -265,7 +286,8 @@ def test_reduction(op, reference, axis):
 
 
 def test_softmax():
-    layer = make(structural.Softmax, "Softmax", "softmax_param { axis: 2 }")
+    layer = make(structural.Softmax, "Softmax", "softmax_param { axis: 2 }",
+                 bottom_shapes=[(2, 3, 4)])
     x = rand(2, 3, 4)
     e = np.exp(x.numpy() - x.numpy().max(2, keepdims=True))
     np.testing.assert_allclose(layer(x)[0].numpy(), e / e.sum(2, keepdims=True), rtol=1e-12)
@@ -273,19 +295,24 @@ def test_softmax():
 
 
 def test_axis_out_of_range_is_an_error():
-    layer = make(structural.Softmax, "Softmax", "softmax_param { axis: 3 }")
-    with pytest.raises(ValueError, match="out of range"):
-        layer(rand(2, 3, 4))
+    with pytest.raises(CompileError, match="axis 3 is out of range"):
+        make(structural.Softmax, "Softmax", "softmax_param { axis: 3 }",
+             bottom_shapes=[(2, 3, 4)])
+    with pytest.raises(CompileError, match="axis 3 is out of range"):
+        make(structural.Tile, "Tile", "tile_param { axis: 3 tiles: 2 }",
+             bottom_shapes=[(2, 3, 4)])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_structural_units_run_on_cuda():
     x = rand(2, 5, 3).cuda()
-    assert make(structural.ArgMax, "ArgMax", "argmax_param { top_k: 2 }")(x)[0].is_cuda
+    shapes = [tuple(x.shape)]
+    assert make(structural.ArgMax, "ArgMax", "argmax_param { top_k: 2 }",
+                bottom_shapes=shapes)(x)[0].is_cuda
     m = make(structural.Eltwise, "Eltwise", "eltwise_param { coeff_blob: true }",
-             bottoms=("a", "b", "w"))
+             bottoms=("a", "b", "w"), bottom_shapes=[(2, 5, 3), (2, 5, 3), (2, 2)])
     assert m(x, x, torch.ones(2, 2, dtype=torch.float64, device="cuda"))[0].is_cuda
-    assert make(structural.Reduction, "Reduction")(x)[0].is_cuda
+    assert make(structural.Reduction, "Reduction", bottom_shapes=shapes)(x)[0].is_cuda
 
 
 def test_registry_names():

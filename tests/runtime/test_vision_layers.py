@@ -9,6 +9,8 @@ import torch
 from torch.autograd import gradcheck
 
 from runtime.layers.registry import unit_for
+from compiler.errors import CompileError
+from runtime.layers.base import LayerError
 from support import compiled_layer
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -208,7 +210,7 @@ def test_convolution_runs_1d_and_3d(spatial):
 
 def test_convolution_rejects_hw_fields_for_3d():
     text = layer_text("Convolution", "convolution_param { num_output: 2 kernel_h: 2 kernel_w: 2 }")
-    with pytest.raises(ValueError, match="conv.*kernel_h"):
+    with pytest.raises(CompileError, match="kernel_h and kernel_w can only be used for 2-D"):
         build(text, [(1, 3, 4, 4, 4)], [(1, 2, 3, 3, 3)], [(2, 3, 2, 2, 2), (2,)])
 
 
@@ -407,7 +409,7 @@ def test_lrn_within_channel_matches_loop_and_ignores_k():
 
 
 def test_lrn_rejects_even_size():
-    with pytest.raises(ValueError, match="odd"):
+    with pytest.raises(CompileError, match="odd"):
         build(layer_text("LRN", "lrn_param { local_size: 4 }"), [(1, 4, 2, 2)], [(1, 4, 2, 2)])
 
 
@@ -483,7 +485,7 @@ def test_embed_padding_gets_no_gradient():
 @pytest.mark.parametrize("bad", [6.0, -2.0])
 def test_embed_out_of_range_index_names_the_layer(bad):
     unit = build(EMBED, [(1, 2)], [(1, 2, 4)], [(6, 4), (4,)])
-    with pytest.raises(IndexError, match=r"'embed1'.*index .*\[0, 6\)"):
+    with pytest.raises(LayerError, match=r"'embed1'.*index .*\[0, 6\)"):
         unit(torch.tensor([[1.0, bad]]))
 
 
@@ -685,9 +687,8 @@ def test_crop_offsets(offsets, expected):
 
 def test_crop_rejects_offset_past_the_end():
     text = layer_text("Crop", "crop_param { axis: 2 offset: 3 }", bottoms=("x", "ref"))
-    unit = build(text, [(1, 1, 5, 5), (1, 1, 3, 3)], [(1, 1, 3, 3)])
-    with pytest.raises(ValueError, match="crop1.*offset 3"):
-        unit(torch.zeros(1, 1, 5, 5), torch.zeros(1, 1, 3, 3))
+    with pytest.raises(CompileError, match="crop1.*out of bounds: size 3 at offset 3 in 5"):
+        build(text, [(1, 1, 5, 5), (1, 1, 3, 3)], [(1, 1, 3, 3)])
 
 
 # --------------------------------------------------------------------------- registry
