@@ -120,14 +120,16 @@ class SoftmaxWithLoss(CaffeLayer):
         _, valid, safe = _labels(label, outer, inner, self.ignore_label, x.device, name)
         mask = valid.to(x.dtype)
         index = safe.unsqueeze(1)
-        prob = F.softmax(logits, dim=1)
-        picked_prob = prob.gather(1, index).squeeze(1)
+        # One pass over the logits (a vocabulary layer's are the largest blob of an LSTM LM):
+        # the picked probabilities are exp of the picked log-probabilities.
+        picked_log_prob = F.log_softmax(logits, dim=1).gather(1, index).squeeze(1)
+        picked_prob = picked_log_prob.detach().exp()
         value = -(torch.log(torch.clamp(picked_prob, min=FLT_MIN)) * mask).sum()
-        surrogate = -(F.log_softmax(logits, dim=1).gather(1, index).squeeze(1) * mask).sum()
+        surrogate = -(picked_log_prob * mask).sum()
         loss = _value_with_grad_of(value, surrogate)
         loss = loss / _normalizer(self.normalization, outer, inner, mask.sum())
         if len(self.layer.tops) > 1:
-            return loss, prob.detach().reshape(x.shape)
+            return loss, F.softmax(logits.detach(), dim=1).reshape(x.shape)
         return (loss,)
 
 
