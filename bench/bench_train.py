@@ -280,6 +280,17 @@ def gemm_variants(M, K, N):
     return found
 
 
+def with_torch_gemm(run):
+    """`run` with every product on torch (LRCN_GEMM=torch): the kernels before runtime.gemm."""
+    def forced():
+        gemm.FORCED = "torch"
+        try:
+            run()
+        finally:
+            gemm.FORCED = None
+    return forced
+
+
 def timed(run):
     started = time.perf_counter()
     run()
@@ -326,31 +337,33 @@ def main_job_seconds(solver, threads_argument, iterations):
 
 
 def threads_check(iterations, reps):
+    """The main job with each thread setting, as the machine is and with one more busy
+    process; each run is printed as it ends (2 threads on a loaded machine can take long)."""
     import tempfile
-    variants = {"--threads 1": ["--threads", "1"], "--threads 2": ["--threads", "2"],
-                "default (adaptive)": []}
+    variants = {"default (adaptive)": [], "--threads 1": ["--threads", "1"],
+                "--threads 2": ["--threads", "2"]}
     print(f"\nmain job, lrcn-train solvers/caption_solver.prototxt --iterations {iterations}, "
-          f"whole process, median of {reps}; load average before: {load()}")
-    print(f"| {'threads':<20} | {'idle s':>7} | {'1 busy process s':>16} |")
-    print(f"|{'-' * 22}|{'-' * 8}:|{'-' * 17}:|")
-    results = {}
+          f"whole process (seconds), runs alternating, median of {reps}", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         solver = main_job_solver(folder)
         for busy in (False, True):
             spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy \
                 else None
+            condition = "with one more busy process" if busy else "as the machine is"
             try:
-                steps = {name: (lambda a=argument: main_job_seconds(solver, a, iterations))
-                         for name, argument in variants.items()}
-                for name, samples in measure(steps, reps, warmup=0).items():
-                    results[(name, busy)] = statistics.median(samples)
+                samples = {name: [] for name in variants}
+                for _ in range(reps):
+                    for name, argument in variants.items():
+                        before = load()
+                        samples[name].append(main_job_seconds(solver, argument, iterations))
+                        print(f"  {condition}: {name}: {samples[name][-1]:.1f} s "
+                              f"(load average before {before})", flush=True)
             finally:
                 if spinner is not None:
                     spinner.kill()
                     spinner.wait()
-    for name in variants:
-        print(f"| {name:<20} | {results[(name, False)]:7.1f} | {results[(name, True)]:16.1f} |")
-    print(f"load average after: {load()}")
+            print(f"{condition}: " + ", ".join(f"{name} {statistics.median(s):.1f} s"
+                                              for name, s in samples.items()), flush=True)
 
 
 def main():
@@ -384,18 +397,22 @@ def main():
     steps = {}
     for name, (ours, reference, _) in chosen.items():
         steps[(name, "ours")], steps[(name, "torch")] = ours, reference
+        steps[(name, "torch GEMM")] = with_torch_gemm(ours)
     times = measure(steps, args.reps)
     print(f"\nwhole train steps, median of {args.reps} after a warm-up, alternating; "
           f"rate = 3 x forward FLOPs / time, against the best GEMM rate "
           f"{best_rate / 1e9:.0f} GFLOP/s")
+    print("(ours, torch GEMM: the same run with LRCN_GEMM=torch, every product on torch.mm)")
     print(f"| {'workload':<34} | {'ours ms':>8} | {'torch ms':>8} | {'ours/torch':>10} "
-          f"| {'ours GFLOP/s':>12} | {'x best GEMM':>11} |")
-    print(f"|{'-' * 36}|{'-' * 9}:|{'-' * 9}:|{'-' * 11}:|{'-' * 13}:|{'-' * 12}:|")
+          f"| {'ours, torch GEMM ms':>19} | {'ours GFLOP/s':>12} | {'x best GEMM':>11} |")
+    print(f"|{'-' * 36}|{'-' * 9}:|{'-' * 9}:|{'-' * 11}:|{'-' * 20}:|{'-' * 13}:|{'-' * 12}:|")
     for name, (_, _, flops) in chosen.items():
-        ours, reference = (statistics.median(times[(name, k)]) for k in ("ours", "torch"))
+        ours, reference, torch_gemm = (statistics.median(times[(name, k)])
+                                       for k in ("ours", "torch", "torch GEMM"))
         rate = 3 * flops / ours
         print(f"| {name:<34} | {ours * 1e3:8.1f} | {reference * 1e3:8.1f} "
-              f"| {ours / reference:10.2f} | {rate / 1e9:12.1f} | {rate / best_rate:11.2f} |")
+              f"| {ours / reference:10.2f} | {torch_gemm * 1e3:19.1f} | {rate / 1e9:12.1f} "
+              f"| {rate / best_rate:11.2f} |")
     print(f"load average after: {load()}")
     if args.threads_check:
         threads_check(args.iterations, max(1, args.reps // 3))
