@@ -83,12 +83,11 @@ def configure(threads=None):
 
 
 def candidate_counts(cores):
-    """The counts a governor tries: all cores, then halving down to 1 (2 cores: [2, 1])."""
-    counts = []
-    count = cores
-    while count >= 1:
-        counts.append(count)
-        count //= 2
+    """The counts a governor tries, safest first: 1, then doubling up to all cores
+    (2 cores: [1, 2]; 6 cores: [1, 2, 4, 6])."""
+    counts = [1]
+    while counts[-1] < cores:
+        counts.append(min(2 * counts[-1], cores))
     return counts
 
 
@@ -102,18 +101,20 @@ class ThreadGovernor:
     """Chooses a thread count by timing iterations, and re-chooses as the load changes.
 
     An iteration is the time between two successive tick(key) calls with the same key (a net's
-    forward starts). In a probe round every candidate count runs `probe` iterations of one net
-    (the first one to complete them; the interval that spans a switch is not counted); the
-    count with the smallest median then holds for max(min_hold_s, hold_factor x the round's
-    length), after which the next round starts. A worse candidate thus costs at most about
-    1 / hold_factor of the run.
+    forward starts). A probe round runs every candidate count in turn, from 1 up, for `probe`
+    iterations of one net (the first to complete them); a count whose first iteration already
+    takes drop_ratio x the best median so far is dropped at once, so a loaded machine pays
+    one slow iteration per round, not `probe`. The count with the smallest median then holds
+    for max(min_hold_s, hold_factor x the round's length), after which the next round starts:
+    a worse candidate costs at most about 1 / hold_factor of the run.
     """
 
-    def __init__(self, counts, apply, probe=3, min_hold_s=20.0, hold_factor=8,
+    def __init__(self, counts, apply, probe=3, drop_ratio=1.5, min_hold_s=20.0, hold_factor=8,
                  clock=time.perf_counter):
         self.counts = list(counts)
         self.apply = apply
-        self.probe, self.min_hold_s, self.hold_factor = probe, min_hold_s, hold_factor
+        self.probe, self.drop_ratio = probe, drop_ratio
+        self.min_hold_s, self.hold_factor = min_hold_s, hold_factor
         self.clock = clock
         self.chosen = self.counts[0]
         self.history = []            # (time, chosen count) after each probe round
@@ -124,6 +125,7 @@ class ThreadGovernor:
         self.probing = len(self.counts) > 1
         self.hold_until = float("inf")      # until a probe round decides (or for ever: 1 count)
         self.owner = None            # the net whose iterations decide this round
+        self.medians = {}            # count -> median seconds per iteration of the owner
         self.samples = {}            # key -> {count: [seconds]}
         self.last = {}               # key -> (time of its last tick, count then)
         self._use(0)
@@ -136,23 +138,28 @@ class ThreadGovernor:
     def tick(self, key):
         now = self.clock()
         previous = self.last.get(key)
-        self.last[key] = (now, self.current)
         if not self.probing:
             if now >= self.hold_until:
                 self._start_round(now)
-            return
-        if previous is None or previous[1] != self.current or self.owner not in (None, key):
-            return
-        by_count = self.samples.setdefault(key, {})
-        timings = by_count.setdefault(self.current, [])
-        timings.append(now - previous[0])
-        if len(timings) < self.probe:
+        elif previous is not None and previous[1] == self.current \
+                and self.owner in (None, key):
+            self._record(key, now - previous[0], now)
+        # After any switch: the iteration starting now runs wholly on the current count.
+        self.last[key] = (now, self.current)
+
+    def _record(self, key, seconds, now):
+        timings = self.samples.setdefault(key, {}).setdefault(self.current, [])
+        timings.append(seconds)
+        best = min(self.medians.values(), default=None)
+        clearly_slower = best is not None and seconds >= self.drop_ratio * best
+        if len(timings) < self.probe and not clearly_slower:
             return
         self.owner = key
+        self.medians[self.current] = statistics.median(timings)
         if self.index + 1 < len(self.counts):
             self._use(self.index + 1)
             return
-        self.chosen = min(self.counts, key=lambda count: statistics.median(by_count[count]))
+        self.chosen = min(self.medians, key=self.medians.get)
         self.history.append((now, self.chosen))
         self.probing = False
         self.hold_until = now + max(self.min_hold_s, self.hold_factor * (now - self.round_start))

@@ -26,28 +26,32 @@ def run_iterations(governor, clock, seconds_per_count, count, key="net"):
 
 def test_governor_keeps_the_faster_count_and_re_probes_after_the_hold():
     clock, applied = FakeClock(), []
-    governor = threads.ThreadGovernor([2, 1], applied.append, probe=3, min_hold_s=20.0,
-                                      hold_factor=8, clock=clock)
-    run_iterations(governor, clock, {2: 2.0, 1: 1.0}, 12)     # a busy machine: 1 is faster
+    governor = threads.ThreadGovernor([1, 2], applied.append, probe=3, drop_ratio=1.5,
+                                      min_hold_s=20.0, hold_factor=8, clock=clock)
+    run_iterations(governor, clock, {1: 1.0, 2: 2.0}, 12)     # a busy machine: 1 is faster
     assert governor.chosen == 1 and governor.current == 1 and not governor.probing
-    assert applied == [2, 1]
-    # Decided at t = 10 s (3 x 2 s, a discarded 1 s, 3 x 1 s): held for 8 x the 10 s round.
-    assert governor.hold_until == 90.0
-    run_iterations(governor, clock, {2: 0.5, 1: 1.0}, 90)      # the other process has left
+    # Three 1 s iterations on 1 thread; the first on 2 threads took 2 s >= 1.5 x 1 s: dropped
+    # at t = 5 s, and 1 thread held for 8 x that 5 s round.
+    assert applied == [1, 2, 1]
+    assert governor.medians == {1: 1.0, 2: 2.0} and governor.hold_until == 45.0
+    run_iterations(governor, clock, {1: 1.0, 2: 0.5}, 60)      # the other process has left
     assert governor.chosen == 2 and governor.current == 2
     assert [count for _, count in governor.history] == [1, 2]
 
 
-def test_governor_ignores_the_interval_that_spans_a_switch_and_other_nets():
+def test_governor_times_one_net_and_ignores_the_others():
     clock = FakeClock()
-    governor = threads.ThreadGovernor([2, 1], lambda count: None, probe=2, clock=clock)
+    governor = threads.ThreadGovernor([1, 2], lambda count: None, probe=2, clock=clock)
     for _ in range(2):
-        governor.tick("test net")          # one tick each; never completes a probe
+        governor.tick("test net")          # one interval; never completes a probe
         clock.now += 100.0
-    run_iterations(governor, clock, {2: 1.0, 1: 3.0}, 3, key="train net")
-    assert governor.current == 1            # two 1 s intervals at 2 threads -> switched
-    run_iterations(governor, clock, {2: 1.0, 1: 3.0}, 3, key="train net")
-    assert governor.chosen == 2 and governor.samples["train net"][1] == [3.0, 3.0]
+    run_iterations(governor, clock, {1: 3.0, 2: 1.0}, 3, key="train net")
+    assert governor.current == 2 and governor.owner == "train net"
+    governor.tick("test net")              # not the owner: not timed
+    run_iterations(governor, clock, {1: 3.0, 2: 1.0}, 2, key="train net")
+    assert governor.chosen == 2
+    assert governor.samples == {"test net": {1: [100.0]},
+                                "train net": {1: [3.0, 3.0], 2: [1.0, 1.0]}}
 
 
 def test_one_candidate_never_probes():
@@ -56,9 +60,9 @@ def test_one_candidate_never_probes():
     assert governor.current == 1 and not governor.probing
 
 
-def test_candidate_counts_halve_down_to_one():
-    assert threads.candidate_counts(2) == [2, 1]
-    assert threads.candidate_counts(8) == [8, 4, 2, 1]
+def test_candidate_counts_double_from_one_to_all_cores():
+    assert threads.candidate_counts(2) == [1, 2]
+    assert threads.candidate_counts(6) == [1, 2, 4, 6]
     assert threads.candidate_counts(1) == [1]
 
 
