@@ -19,7 +19,7 @@ idle machine and with one busy process (a spinning Python process this script st
 stops).
 
     python bench/bench_train.py [--reps 5] [--only lstm_lm] [--threads N]
-    python bench/bench_train.py --threads-check [--iterations 300]
+    python bench/bench_train.py --threads-check [--iterations 300] [--fixed-counts 1,2]
 """
 
 import argparse
@@ -336,12 +336,12 @@ def main_job_seconds(solver, threads_argument, iterations):
     return time.perf_counter() - started
 
 
-def threads_check(iterations, reps):
+def threads_check(iterations, reps, fixed_counts):
     """The main job with each thread setting, as the machine is and with one more busy
     process; each run is printed as it ends (2 threads on a loaded machine can take long)."""
     import tempfile
-    variants = {"default (adaptive)": [], "--threads 1": ["--threads", "1"],
-                "--threads 2": ["--threads", "2"]}
+    variants = {"default (adaptive)": []}
+    variants.update({f"--threads {n}": ["--threads", str(n)] for n in fixed_counts})
     print(f"\nmain job, lrcn-train solvers/caption_solver.prototxt --iterations {iterations}, "
           f"whole process (seconds), runs alternating, median of {reps}", flush=True)
     with tempfile.TemporaryDirectory() as folder:
@@ -374,6 +374,8 @@ def main():
     parser.add_argument("--only", action="append", help="workloads whose name contains this")
     parser.add_argument("--threads-check", action="store_true")
     parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--fixed-counts", default="1,2",
+                        help="the --threads values the threads check compares with the default")
     args = parser.parse_args()
     if args.threads:
         threads.set_threads(args.threads)
@@ -415,7 +417,8 @@ def main():
               f"| {rate / best_rate:11.2f} |")
     print(f"load average after: {load()}")
     if args.threads_check:
-        threads_check(args.iterations, max(1, args.reps // 3))
+        threads_check(args.iterations, max(1, args.reps // 3),
+                      [int(n) for n in args.fixed_counts.split(",")])
 
 
 if __name__ == "__main__":
