@@ -1,12 +1,19 @@
 """The heavy layers' float32 matrix products, through the faster of two BLAS libraries.
 
 torch's CPU products go through MKL, which on some CPUs (AMD with AVX-512, this project's
-machine) runs the LSTM's and the vocabulary layer's shapes at about half the rate of the
-OpenBLAS that numpy ships (bench/bench_train.py measures both). The rule, applied per product:
+machine) runs the LSTM's and the vocabulary layer's shapes on one thread at about half the
+rate of the OpenBLAS that numpy ships (bench/bench_train.py measures both). The rule, applied
+per product:
 
-    OpenBLAS (numpy.matmul on the tensors' memory) when the product is on the CPU, float32,
-    outside autocast, at least MIN_MACS multiply-adds, and numpy's BLAS is OpenBLAS;
-    torch otherwise (torch.mm / torch.addmm: MKL on CPU, cuBLAS on CUDA).
+    OpenBLAS (numpy.matmul on the tensors' memory) when torch runs on one thread and the
+    product is on the CPU, float32, outside autocast, at least MIN_MACS multiply-adds, and
+    numpy's BLAS is OpenBLAS; torch otherwise (torch.mm / torch.addmm: MKL on CPU, cuBLAS on
+    CUDA).
+
+One thread only, because OpenBLAS keeps its own thread pool: beside torch's OpenMP threads its
+workers spin for cores that torch's need, and a whole LSTM LM train step on 2 threads was 1.5x
+slower with OpenBLAS than with MKL although each product alone is faster (bench_train.py, the
+"ours, torch GEMM" column). runtime.threads picks 1 thread wherever that is faster.
 
 The rule is fixed rather than timed per run so that a run repeats bit for bit. LRCN_GEMM=torch
 (or openblas) in the environment overrides it for every product (openblas still only where it
@@ -47,6 +54,8 @@ NUMPY_BLAS = _numpy_blas()
 def backend(a, b):
     """'openblas' or 'torch': which library computes a @ b (2-D tensors) under the rule."""
     if FORCED == "torch" or NUMPY_BLAS != "openblas":
+        return "torch"
+    if FORCED != "openblas" and torch.get_num_threads() != 1:
         return "torch"
     if (a.device.type != "cpu" or a.dtype != torch.float32 or b.dtype != torch.float32
             or torch.is_autocast_enabled("cpu")):

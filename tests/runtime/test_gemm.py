@@ -26,9 +26,19 @@ def big(*shape):
 
 
 @needs_openblas
-def test_rule_large_float32_cpu_products_use_openblas():
+def test_rule_large_float32_cpu_products_on_one_thread_use_openblas():
+    assert torch.get_num_threads() == 1          # tests/conftest.py
     assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "openblas"
     assert gemm.backend(big(2000, 1000), big(4000, 1000).t()) == "openblas"
+
+
+def test_rule_keeps_torch_on_several_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "torch"
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_rule_small_products_stay_on_torch():
