@@ -53,8 +53,8 @@ NUMPY_BLAS = _numpy_blas()
 
 def backend(a, b):
     """'openblas' or 'torch': which library computes a @ b (2-D tensors) under the rule."""
-    if FORCED == "torch" or NUMPY_BLAS != "openblas":
-        return "torch"
+    if FORCED == "torch" or NUMPY_BLAS != "openblas" or torch.compiler.is_compiling():
+        return "torch"      # torch.compile traces torch's products, not numpy calls
     if FORCED != "openblas" and torch.get_num_threads() != 1:
         return "torch"
     if (a.device.type != "cpu" or a.dtype != torch.float32 or b.dtype != torch.float32

@@ -365,7 +365,8 @@ class Net(nn.Module):
     def run(self, tensors=None, keep_all=False, retain_grads=False):
         """forward() with options for pycaffe-style drivers: `keep_all` keeps every blob
         version (not only the last of each name), `retain_grads` keeps their diffs."""
-        threads.tick(id(self))       # an adaptive thread count is timed per forward start
+        if not torch.compiler.is_compiling():
+            threads.tick(id(self))   # an adaptive thread count is timed per forward start
         tensors = dict(tensors or {})
         missing = [name for name in self._input_names if name not in tensors
                    and name not in self._input_buffers]
