@@ -12,6 +12,8 @@ import signal
 import sys
 import time
 
+from runtime import threads
+
 # Only the standard library at module level: the console scripts import this module before
 # train_main can catch a Ctrl-C, and torch takes seconds to import (see _run_quietly).
 
@@ -132,8 +134,10 @@ def _train(argv):
                         "a CSV file (iteration, phase, name, value); appended to on --snapshot")
     parser.add_argument("--tensorboard", metavar="DIR", help="also log scalars to TensorBoard")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    threads.add_argument(parser)
     _python_path_argument(parser)
     args = parser.parse_args(argv)
+    threads.configure(args.threads)
     solver_file = args.solver or args.solver_file
     if not solver_file:
         parser.error("give the solver file: lrcn-train SOLVER (or --solver=SOLVER)")
@@ -351,11 +355,13 @@ def _net_arguments(parser, default_phase):
                         "none is refused or noted with the stage sets it defines")
     parser.add_argument("--level", type=int, default=0)
     parser.add_argument("--gpu", help="CUDA device number")
+    threads.add_argument(parser)
     _python_path_argument(parser)
 
 
 def _open_net(args, parser, log):
     from runtime.net import Net
+    threads.configure(args.threads)
     _allow_python_paths(args.python_path)
     path = args.model or args.net
     if not path:

@@ -11,6 +11,7 @@ from compiler.cli import ToolParser, input_shape_argument, run_tool
 from compiler.errors import CompileError
 from compiler.extras import require
 from compiler.netstate import split_stages
+from runtime import threads
 
 
 def _exporter():
@@ -53,6 +54,7 @@ def _parser():
                         type=input_shape_argument,
                         help="shape of an input or data-layer top (e.g. a smaller batch, or a "
                         "data source that is not at hand); repeatable")
+    threads.add_argument(parser)
     parser.add_argument("--check", action="store_true",
                         help="run the model in onnxruntime and runtime.Net on the same random "
                         f"inputs; exit 1 if an output differs by more than {ox.RTOL:g} times "
@@ -79,6 +81,7 @@ def _build_net(compiled, weights, seed):
 def _export(argv):
     parser = _parser()
     args = parser.parse_args(argv)
+    threads.configure(args.threads)
     ox = _exporter()
     if not ox.MIN_OPSET <= args.opset <= ox.MAX_OPSET:
         parser.error(f"--opset {args.opset}: choose {ox.MIN_OPSET} to {ox.MAX_OPSET}")

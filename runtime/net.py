@@ -27,7 +27,7 @@ from torch import nn
 
 import compiler
 from compiler.errors import CompileError
-from runtime import sharding
+from runtime import sharding, threads
 from runtime import weights as weight_files
 from runtime.layers.base import LayerError
 from runtime.layers.registry import unit_for
@@ -358,6 +358,8 @@ class Net(nn.Module):
     def run(self, tensors=None, keep_all=False, retain_grads=False):
         """forward() with options for pycaffe-style drivers: `keep_all` keeps every blob
         version (not only the last of each name), `retain_grads` keeps their diffs."""
+        if not torch.compiler.is_compiling():
+            threads.tick(id(self))   # an adaptive thread count is timed per forward start
         tensors = dict(tensors or {})
         missing = [name for name in self._input_names if name not in tensors
                    and name not in self._input_buffers]

@@ -27,9 +27,16 @@ def one_intra_op_thread():
     ~70 ms on a loaded machine), and one thread makes float results independent of the
     machine's core count."""
     previous = torch.get_num_threads()
+    previous_env = os.environ.get("OMP_NUM_THREADS")
     torch.set_num_threads(1)
+    # Tools run in this process or as subprocesses read it (runtime.threads): 1 thread too.
+    os.environ["OMP_NUM_THREADS"] = "1"
     yield
     torch.set_num_threads(previous)
+    if previous_env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = previous_env
 
 
 @pytest.fixture

@@ -36,6 +36,8 @@ from typing import Sequence
 
 import numpy as np
 
+from runtime import threads
+
 PROG = "lrcn-activity-score"
 DATA_STAGE = "test-on-test"
 DEPLOY_STAGE = "deploy"
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score only the first K videos of the list (quick checks)")
     parser.add_argument("--gpu", help="CUDA device number")
     parser.add_argument("--quiet", action="store_true")
+    threads.add_argument(parser)
     return parser
 
 
@@ -227,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lrcn_apps.activity.errors import ActivityError
 
     args = build_parser().parse_args(argv)
+    threads.configure(args.threads)
     if args.clip_length < 1 or args.stride < 1:
         print(f"{PROG}: error: --clip-length and --stride must be positive", file=sys.stderr)
         return 2

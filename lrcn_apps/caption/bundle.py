@@ -33,6 +33,7 @@ import numpy as np
 from compiler.errors import CompileError
 from compiler.extras import MissingExtra, require
 from lrcn_proto import caffe_pb2
+from runtime import threads
 from runtime import transform as image_transform
 from lrcn_apps.caption.coco import DataError
 from lrcn_apps.caption.text import EOS_INDEX, Vocabulary, VocabularyError
@@ -211,7 +212,9 @@ def export_main(argv=None):
     generate.add_model_arguments(parser)
     parser.add_argument("-o", "--output", required=True, metavar="DIR",
                         help="the bundle directory to create (must not exist)")
+    threads.add_argument(parser)
     args = parser.parse_args(argv)
+    threads.configure(args.threads)
     try:
         require("onnx", "lrcn-caption-bundle")
         captioner = generate.captioner_from(args, "lrcn-caption-bundle")

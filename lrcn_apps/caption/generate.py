@@ -34,6 +34,7 @@ import torch
 import compiler
 from compiler import data_sources
 from compiler.errors import CompileError
+from runtime import threads
 from runtime import transform as image_transform
 from runtime import weights as weight_files
 from runtime.net import Net
@@ -413,6 +414,7 @@ def build_parser():
                          "[{\"image_id\", \"caption\"}] for lrcn-caption-eval "
                          "(default %(default)s)")
     io.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    threads.add_argument(parser)
     return parser
 
 
@@ -440,6 +442,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_arguments(parser, args)
+    threads.configure(args.threads)
     try:
         run(args)
     except DataError as error:

@@ -23,6 +23,7 @@ import sys
 import numpy as np
 import torch
 
+from runtime import threads
 from lrcn_apps.caption import metrics
 from lrcn_apps.caption.coco import DataError, load_caption_set
 from lrcn_apps.caption.generate import (ImageItem, add_model_arguments, captioner_from,
@@ -148,6 +149,7 @@ def build_parser():
     output.add_argument("--json", metavar="FILE", help="also write the metrics as JSON")
     output.add_argument("--save-scores", metavar="NPZ",
                         help="write the score matrix for lrcn-caption-eval --scores")
+    threads.add_argument(parser)
     return parser
 
 
@@ -172,6 +174,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_positive(parser, args, ("batch_size", "max_images"))
+    threads.configure(args.threads)
     try:
         run(args)
     except DataError as error:

@@ -27,6 +27,7 @@ import torch
 
 import compiler
 from compiler.errors import CompileError
+from runtime import threads
 from lrcn_apps.caption.coco import DataError, load_json
 from lrcn_apps.caption.generate import check_positive, device_from, write_output
 from lrcn_apps.caption.text import Vocabulary, VocabularyError
@@ -260,6 +261,7 @@ def build_parser():
                     help="text: 'video<TAB>sentence' lines; coco: results JSON for "
                          "lrcn-caption-eval (default %(default)s)")
     io.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    threads.add_argument(parser)
     return parser
 
 
@@ -295,6 +297,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_arguments(parser, args)
+    threads.configure(args.threads)
     try:
         run(args)
     except DataError as error:

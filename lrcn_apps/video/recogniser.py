@@ -33,6 +33,7 @@ import torch
 
 import compiler
 from compiler.errors import CompileError
+from runtime import threads
 from runtime.net import Net
 from lrcn_apps.caption import streams as caption_streams
 from lrcn_apps.caption.coco import DataError, load_json
@@ -159,7 +160,9 @@ def main(argv=None):
     parser.add_argument("--slots", metavar="JSON", help="slot labels (default: from --tuples)")
     parser.add_argument("--out", required=True, metavar="DIR")
     parser.add_argument("--force", action="store_true", help="replace existing outputs")
+    threads.add_argument(parser)
     args = parser.parse_args(argv)
+    threads.configure(args.threads)
     if not (args.tuples or args.slots):
         parser.error("give --tuples or --slots (the slot labels)")
     try:

@@ -76,6 +76,15 @@ def _split_at_axis(x, axis):
     return outer, x.shape[axis], inner, x.reshape(outer, x.shape[axis], inner)
 
 
+def _log_softmax_over_classes(logits):
+    """log_softmax over dim 1 of (outer, classes, inner) logits. With inner = 1 it runs over
+    the last dim of a 2-D view: torch's kernel for a last dim is about 4x faster (measured
+    on a (2000, 8801) LSTM LM's predictions)."""
+    if logits.shape[2] == 1:
+        return F.log_softmax(logits.squeeze(2), dim=1).unsqueeze(2)
+    return F.log_softmax(logits, dim=1)
+
+
 def _labels(label, outer, inner, ignore_label, device, layer):
     """Int labels as (outer, inner), the non-ignored mask, and labels safe to index with
     (ignored ones replaced by class 0, whose value is then masked out)."""
@@ -118,14 +127,16 @@ class SoftmaxWithLoss(CaffeLayer):
         _, valid, safe = _labels(label, outer, inner, self.ignore_label, x.device, self.layer)
         mask = valid.to(x.dtype)
         index = safe.unsqueeze(1)
-        prob = F.softmax(logits, dim=1)
-        picked_prob = prob.gather(1, index).squeeze(1)
+        # One pass over the logits (a vocabulary layer's are the largest blob of an LSTM LM):
+        # the picked probabilities are exp of the picked log-probabilities.
+        picked_log_prob = _log_softmax_over_classes(logits).gather(1, index).squeeze(1)
+        picked_prob = picked_log_prob.detach().exp()
         value = -(torch.log(torch.clamp(picked_prob, min=FLT_MIN)) * mask).sum()
-        surrogate = -(F.log_softmax(logits, dim=1).gather(1, index).squeeze(1) * mask).sum()
+        surrogate = -(picked_log_prob * mask).sum()
         loss = _value_with_grad_of(value, surrogate)
         loss = loss / _normalizer(self.normalization, outer, inner, mask.sum())
         if len(self.layer.tops) > 1:
-            return loss, prob.detach().reshape(x.shape)
+            return loss, F.softmax(logits.detach(), dim=1).reshape(x.shape)
         return (loss,)
 
 

@@ -36,6 +36,7 @@ import warnings
 import torch
 from torch.autograd.function import once_differentiable
 
+from runtime import gemm
 from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
 
@@ -83,7 +84,7 @@ class _LSTMScan(torch.autograd.Function):
         W_t = W_hc.t()
         for t in range(T):
             torch.mul(h_prev, ct[t], out=h_conted[t])
-            a = torch.addmm(gx[t], h_conted[t], W_t, out=gates[t])
+            a = gemm.addmm(gx[t], h_conted[t], W_t, out=gates[t])
             a[:, :3 * H].sigmoid_()
             a[:, 3 * H:].tanh_()
             i, f, o, g = a.split(H, dim=1)
@@ -122,8 +123,8 @@ class _LSTMScan(torch.autograd.Function):
             dg.mul_(1 - g * g)
             dc = dc * f * ct[t]
             if t > 0 or need_h0:                         # dh_{-1} is only wanted for h0
-                dh_next = torch.mm(d, W_hc).mul_(ct[t])
-        d_W = torch.mm(d_gates.view(T * N, H4).t(), h_conted.view(T * N, H))
+                dh_next = gemm.mm(d, W_hc).mul_(ct[t])
+        d_W = gemm.mm(d_gates.view(T * N, H4).t(), h_conted.view(T * N, H))
         return (d_gates, None, d_W,
                 dh_next if need_h0 else None,
                 dc if ctx.needs_input_grad[4] else None)
@@ -236,10 +237,10 @@ class _Recurrent(CaffeLayer):
     def input_projection(self, x, x_static, W_x, b, W_static):
         """W_x x_t + b for all T steps in one matmul, plus W_static x_static (once, broadcast)."""
         T, N = x.shape[:2]
-        projected = torch.addmm(b, x.reshape(T * N, -1), W_x.t()).view(T, N, -1)
+        projected = gemm.linear(x.reshape(T * N, -1), W_x, b).view(T, N, -1)
         if x_static is not None:
-            # In place is safe: addmm's backward needs its inputs, not its output.
-            projected.add_(torch.mm(x_static.reshape(N, -1), W_static.t()))
+            # In place is safe: a product's backward needs its inputs, not its output.
+            projected.add_(gemm.linear(x_static.reshape(N, -1), W_static))
         return projected
 
 
@@ -333,13 +334,13 @@ class RNN(_Recurrent):
         W_xh, b_h, W_static, W_hh, W_ho, b_o = self.weights()
         T, N = x.shape[:2]
         gx = self.input_projection(x, x_static, W_xh, b_h, W_static)
-        h, hs, W_t = h0[0], [], W_hh.t()
+        h, hs = h0[0], []
         for t in range(T):
-            h = torch.tanh(torch.addmm(gx[t], h * cont[t].unsqueeze(1), W_t))
+            h = torch.tanh(gemm.linear(h * cont[t].unsqueeze(1), W_hh, gx[t]))
             hs.append(h)
         hs = torch.stack(hs)
         # The output layer is not recurrent: all T steps in one matmul.
-        o = torch.tanh(torch.addmm(b_o, hs.view(T * N, -1), W_ho.t())).view(T, N, -1)
+        o = torch.tanh(gemm.linear(hs.view(T * N, -1), W_ho, b_o)).view(T, N, -1)
         return self.finish(o, (hs[-1:],))
 
 

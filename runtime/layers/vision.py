@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lrcn_proto import caffe_pb2
+from runtime import gemm
 from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
 
@@ -285,10 +286,8 @@ class InnerProduct(CaffeLayer):
     def forward(self, x):
         outer = tuple(x.shape[:self.axis])
         flat = x.reshape(math.prod(outer), -1)
-        weight = self.blobs[0]
-        y = flat @ weight if self.transpose else flat @ weight.t()
-        if self.bias_term:
-            y = y + self.blobs[1]
+        bias = self.blobs[1] if self.bias_term else None
+        y = gemm.linear(flat, self.blobs[0], bias, transpose=self.transpose)
         return (y.reshape(outer + (y.shape[1],)),)
 
 

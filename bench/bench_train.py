@@ -1,0 +1,425 @@
+"""Whole train steps (forward + backward) of the timing nets against hand-written PyTorch.
+
+Workloads: CaffeNet (batch 10, 227 x 227, SoftmaxWithLoss), the LRCN LSTM language model at
+the paper's size (T 20, N 100, H 1000, vocabulary 8801: Embed, LSTM, InnerProduct,
+SoftmaxWithLoss), the main job's net (nets/lrcn_caption.prototxt, factored 2-layer, TRAIN, the
+data layers' tops fed as tensors) and the activity LRCN net (nets/lrcn_activity.prototxt's rgb
+deploy net, forward + backward of a cross-entropy on its probabilities: its train net needs the
+prepared videos). Each is run through runtime.Net and as a hand-written torch model of the
+same shapes (nn.Embedding / nn.LSTM / nn.Linear, F.conv2d ...), alternating round by round.
+
+Printed: median ms per step of each, the ratio ours / torch, and the achieved rate (the
+compiler's forward FLOPs x 3 for forward + backward, per second) against the best GEMM rate
+measured in the same process (torch.mm, numpy's OpenBLAS, oneDNN on the LSTM's and the
+vocabulary layer's shapes): that rate is the bound a matmul-bound step cannot beat.
+
+`--threads-check` also times the main job (`lrcn-train solvers/caption_solver.prototxt`,
+--iterations, whole process) with --threads 1, --threads 2 and the default (adaptive), on the
+idle machine and with one busy process (a spinning Python process this script starts and
+stops).
+
+    python bench/bench_train.py [--reps 5] [--only lstm_lm] [--threads N]
+    python bench/bench_train.py --threads-check [--iterations 300] [--fixed-counts 1,2]
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+
+from google.protobuf import text_format  # noqa: E402
+
+from lrcn_proto import caffe_pb2  # noqa: E402
+from runtime import gemm, threads  # noqa: E402
+from runtime.net import Net  # noqa: E402
+
+T_LM, N_LM, H_LM, V_LM = 20, 100, 1000, 8801
+UNIFORM = 'weight_filler { type: "uniform" min: -0.08 max: 0.08 }'
+
+LSTM_LM = f"""name: "lstm_lm"
+layer {{ name: "input" type: "Input" top: "words" top: "cont" top: "target"
+  input_param {{ shape {{ dim: {T_LM} dim: {N_LM} }} shape {{ dim: {T_LM} dim: {N_LM} }}
+                shape {{ dim: {T_LM} dim: {N_LM} }} }} }}
+layer {{ name: "embed" type: "Embed" bottom: "words" top: "embedded"
+  embed_param {{ input_dim: {V_LM} num_output: {H_LM} bias_term: false {UNIFORM} }} }}
+layer {{ name: "lstm" type: "LSTM" bottom: "embedded" bottom: "cont" top: "h"
+  recurrent_param {{ num_output: {H_LM} {UNIFORM} }} }}
+layer {{ name: "predict" type: "InnerProduct" bottom: "h" top: "predict"
+  inner_product_param {{ num_output: {V_LM} axis: 2 {UNIFORM} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "predict" bottom: "target" top: "loss"
+  loss_param {{ ignore_label: -1 }} softmax_param {{ axis: 2 }} }}
+"""
+
+# CaffeNet (bvlc_reference_caffenet): (name, num_output, kernel, stride, pad, group).
+CAFFENET_CONVS = [("conv1", 96, 11, 4, 0, 1), ("conv2", 256, 5, 1, 2, 2),
+                  ("conv3", 384, 3, 1, 1, 1), ("conv4", 384, 3, 1, 1, 2),
+                  ("conv5", 256, 3, 1, 1, 2)]
+POOL_AFTER, LRN_AFTER = ("conv1", "conv2", "conv5"), ("conv1", "conv2")
+
+
+def caffenet_text(batch=10):
+    gauss = 'weight_filler { type: "gaussian" std: 0.01 }'
+    lines = ['name: "caffenet"',
+             f'layer {{ name: "input" type: "Input" top: "data" top: "label" input_param {{ '
+             f'shape {{ dim: {batch} dim: 3 dim: 227 dim: 227 }} shape {{ dim: {batch} }} }} }}']
+    bottom = "data"
+    for name, out, kernel, stride, pad, group in CAFFENET_CONVS:
+        lines.append(f'layer {{ name: "{name}" type: "Convolution" bottom: "{bottom}" top: '
+                     f'"{name}" convolution_param {{ num_output: {out} kernel_size: {kernel} '
+                     f'stride: {stride} pad: {pad} group: {group} {gauss} }} }}')
+        lines.append(f'layer {{ name: "relu_{name}" type: "ReLU" bottom: "{name}" '
+                     f'top: "{name}" }}')
+        bottom = name
+        if name in POOL_AFTER:
+            lines.append(f'layer {{ name: "pool_{name}" type: "Pooling" bottom: "{bottom}" '
+                         f'top: "pool_{name}" pooling_param {{ pool: MAX kernel_size: 3 '
+                         f'stride: 2 }} }}')
+            bottom = f"pool_{name}"
+        if name in LRN_AFTER:
+            lines.append(f'layer {{ name: "norm_{name}" type: "LRN" bottom: "{bottom}" '
+                         f'top: "norm_{name}" lrn_param {{ local_size: 5 alpha: 0.0001 '
+                         f'beta: 0.75 }} }}')
+            bottom = f"norm_{name}"
+    for name, out in (("fc6", 4096), ("fc7", 4096), ("fc8", 1000)):
+        lines.append(f'layer {{ name: "{name}" type: "InnerProduct" bottom: "{bottom}" '
+                     f'top: "{name}" inner_product_param {{ num_output: {out} {gauss} }} }}')
+        bottom = name
+        if name != "fc8":
+            lines.append(f'layer {{ name: "relu_{name}" type: "ReLU" bottom: "{name}" '
+                         f'top: "{name}" }}')
+            lines.append(f'layer {{ name: "drop_{name}" type: "Dropout" bottom: "{name}" '
+                         f'top: "{name}" }}')
+    lines.append('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" '
+                 'top: "loss" }')
+    return "\n".join(lines)
+
+
+# --- hand-written torch models -----------------------------------------------------------
+
+
+class TorchCaffeNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        channels = 3
+        self.convs = nn.ModuleList()
+        for _, out, kernel, stride, pad, group in CAFFENET_CONVS:
+            self.convs.append(nn.Conv2d(channels, out, kernel, stride, pad, groups=group))
+            channels = out
+        self.fcs = nn.ModuleList([nn.Linear(256 * 6 * 6, 4096), nn.Linear(4096, 4096),
+                                  nn.Linear(4096, 1000)])
+
+    def forward(self, data, label):
+        x = data
+        for (name, *_), conv in zip(CAFFENET_CONVS, self.convs):
+            x = F.relu(conv(x))
+            if name in POOL_AFTER:
+                x = F.max_pool2d(x, 3, 2, ceil_mode=True)
+            if name in LRN_AFTER:
+                x = F.local_response_norm(x, 5, alpha=1e-4, beta=0.75)
+        x = x.flatten(1)
+        for fc in self.fcs[:2]:
+            x = F.dropout(F.relu(fc(x)), 0.5, self.training)
+        return F.cross_entropy(self.fcs[2](x), label.long())
+
+
+class TorchLM(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(V_LM, H_LM)
+        self.lstm = nn.LSTM(H_LM, H_LM)
+        self.predict = nn.Linear(H_LM, V_LM)
+
+    def forward(self, words, cont, target):
+        h, _ = self.lstm(self.embed(words.long()))
+        return F.cross_entropy(self.predict(h).flatten(0, 1), target.long().flatten(),
+                               ignore_index=-1)
+
+
+class TorchCaption(nn.Module):
+    """nets/lrcn_caption.prototxt, factored 2-layer: a small CNN, lstm1 over the words,
+    lstm2 over lstm1 with the image feature as its static input (appended to every step)."""
+
+    def __init__(self, vocabulary=48):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 32, 5, padding=2), nn.Conv2d(32, 64, 3, padding=1)
+        self.fc7, self.fc8 = nn.Linear(64 * 8 * 8, 256), nn.Linear(256, 128)
+        self.embedding = nn.Embedding(vocabulary, 128)
+        self.lstm1, self.lstm2 = nn.LSTM(128, 256), nn.LSTM(256 + 128, 256)
+        self.predict = nn.Linear(256, vocabulary)
+
+    def forward(self, data, input_sentence, target_sentence, **unused):
+        x = F.max_pool2d(F.relu(self.conv1(data)), 3, 2, ceil_mode=True)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 3, 2, ceil_mode=True)
+        image = self.fc8(F.relu(self.fc7(x.flatten(1))))
+        h1, _ = self.lstm1(self.embedding(input_sentence.long()))
+        T = h1.shape[0]
+        h2, _ = self.lstm2(torch.cat([h1, image.expand(T, -1, -1)], dim=2))
+        return F.cross_entropy(self.predict(h2).flatten(0, 1), target_sentence.long().flatten(),
+                               ignore_index=-1)
+
+
+class TorchActivity(nn.Module):
+    """nets/lrcn_activity.prototxt (rgb, deploy): a CNN per frame, LSTM 256 over 16 steps."""
+
+    def __init__(self, T=16, classes=8):
+        super().__init__()
+        self.T = T
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 5, padding=2), nn.Conv2d(16, 32, 5, padding=2,
+                                                                             groups=2)
+        self.fc6 = nn.Linear(32 * 6 * 6, 256)
+        self.lstm = nn.LSTM(256, 256)
+        self.fc8 = nn.Linear(256, classes)
+
+    def forward(self, data, clip_markers, label):
+        x = data
+        for conv in (self.conv1, self.conv2):
+            x = F.max_pool2d(F.relu(conv(x)), 3, 2, ceil_mode=True)
+            x = F.local_response_norm(x, 5, alpha=1e-4, beta=0.75)
+        x = F.relu(self.fc6(x.flatten(1))).view(self.T, -1, 256)
+        h, _ = self.lstm(x)
+        return F.nll_loss(torch.log(F.softmax(self.fc8(h), dim=2)).flatten(0, 1), label)
+
+
+# --- our side ------------------------------------------------------------------------------
+
+
+def fed_tensors(net, generator):
+    """A tensor for every blob a data or Input layer produces (labels and words random
+    indices within range, cont 1 with 0 at t = 0, images random)."""
+    feed = {}
+    for layer in net.compiled.layers:
+        if layer.bottoms:
+            continue
+        for name, shape in zip(layer.top_names, layer.top_shapes):
+            if "cont" in name or "marker" in name:
+                value = torch.ones(shape)
+                value[0] = 0
+            elif name in ("data",):
+                value = torch.randn(shape, generator=generator)
+            else:
+                value = torch.randint(0, 8, shape, generator=generator).float()
+            feed[name] = value
+    return feed
+
+
+def ours_step(net, feed, loss_of=None):
+    def run():
+        net.zero_grad(set_to_none=True)
+        outputs = net(**feed)
+        (outputs.loss if loss_of is None else loss_of(outputs)).backward()
+    return run
+
+
+def torch_step(model, feed):
+    def run():
+        model.zero_grad(set_to_none=True)
+        model(**feed).backward()
+    return run
+
+
+def workloads(generator):
+    """name -> (our step, torch step, forward FLOPs)."""
+    found = {}
+    parse = lambda text: text_format.Parse(text, caffe_pb2.NetParameter())  # noqa: E731
+
+    net = Net(parse(caffenet_text()), phase="TRAIN")
+    feed = fed_tensors(net, generator)
+    found["CaffeNet train step"] = (ours_step(net, feed), torch_step(TorchCaffeNet(), feed),
+                                    net.compiled.total_flops())
+
+    net = Net(parse(LSTM_LM), phase="TRAIN")
+    feed = {"words": torch.randint(0, V_LM, (T_LM, N_LM), generator=generator).float(),
+            "cont": torch.ones(T_LM, N_LM),
+            "target": torch.randint(0, V_LM, (T_LM, N_LM), generator=generator).float()}
+    feed["cont"][0] = 0
+    found["LSTM LM train step (paper size)"] = (ours_step(net, feed), torch_step(TorchLM(), feed),
+                                                net.compiled.total_flops())
+
+    net = Net(os.path.join(ROOT, "nets/lrcn_caption.prototxt"), phase="TRAIN",
+              stages=("factored", "2-layer"))
+    feed = fed_tensors(net, generator)
+    found["main job net (caption)"] = (ours_step(net, feed), torch_step(TorchCaption(), feed),
+                                       net.compiled.total_flops())
+
+    net = Net(os.path.join(ROOT, "nets/lrcn_activity.prototxt"), phase="TEST",
+              stages=("rgb", "deploy"))
+    feed = fed_tensors(net, generator)
+    label = torch.randint(0, 8, (16 * 10,), generator=generator)
+
+    def activity_loss(outputs):
+        return F.nll_loss(torch.log(outputs["probs"]).flatten(0, 1), label)
+    found["activity LRCN net"] = (ours_step(net, feed, activity_loss),
+                                  torch_step(TorchActivity(), dict(feed, label=label)),
+                                  net.compiled.total_flops())
+    return found
+
+
+# --- GEMM rates -----------------------------------------------------------------------------
+
+GEMM_SHAPES = [(2000, 1000, 4000), (2000, 1000, 8801), (100, 1000, 4000)]
+
+
+def gemm_variants(M, K, N):
+    a, w = torch.randn(M, K), torch.randn(N, K)
+    out = numpy.empty((M, N), numpy.float32)
+    found = {"torch.mm": lambda: torch.mm(a, w.t()),
+             "OpenBLAS": lambda: numpy.matmul(a.numpy(), w.numpy().T, out=out)}
+    if torch.backends.mkldnn.is_available():
+        a_dnn, w_dnn = a.to_mkldnn(), w.to_mkldnn()
+        found["oneDNN"] = lambda: torch._C._nn.mkldnn_linear(a_dnn, w_dnn, None)
+    return found
+
+
+def with_torch_gemm(run):
+    """`run` with every product on torch (LRCN_GEMM=torch): the kernels before runtime.gemm."""
+    def forced():
+        gemm.FORCED = "torch"
+        try:
+            run()
+        finally:
+            gemm.FORCED = None
+    return forced
+
+
+def timed(run):
+    started = time.perf_counter()
+    run()
+    return time.perf_counter() - started
+
+
+def measure(steps, reps, warmup=1):
+    """{key: [seconds]}: every step once per round, rounds repeated (the first `warmup`
+    rounds not kept)."""
+    times = {key: [] for key in steps}
+    for rep in range(warmup + reps):
+        for key, run in steps.items():
+            seconds = timed(run)
+            if rep >= warmup:
+                times[key].append(seconds)
+    return times
+
+
+def load():
+    with open("/proc/loadavg") as file:
+        return " ".join(file.read().split()[:3])
+
+
+def main_job_solver(folder):
+    """solvers/caption_solver.prototxt with its snapshots written into `folder`."""
+    with open(os.path.join(ROOT, "solvers/caption_solver.prototxt")) as file:
+        text = file.read()
+    text = text.replace('snapshot_prefix: "runs/caption/lrcn_caption"',
+                        f'snapshot_prefix: "{folder}/lrcn_caption"')
+    path = os.path.join(folder, "solver.prototxt")
+    with open(path, "w") as file:
+        file.write(text)
+    return path
+
+
+def main_job_seconds(solver, threads_argument, iterations):
+    command = [os.path.join(os.path.dirname(sys.executable), "lrcn-train"), solver,
+               "--iterations", str(iterations), "--no-progress"] + threads_argument
+    environment = {k: v for k, v in os.environ.items() if k not in threads.ENVIRONMENT_VARIABLES}
+    started = time.perf_counter()
+    subprocess.run(command, cwd=ROOT, env=environment, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def threads_check(iterations, reps, fixed_counts):
+    """The main job with each thread setting, as the machine is and with one more busy
+    process; each run is printed as it ends (2 threads on a loaded machine can take long)."""
+    import tempfile
+    variants = {"default (adaptive)": []}
+    variants.update({f"--threads {n}": ["--threads", str(n)] for n in fixed_counts})
+    print(f"\nmain job, lrcn-train solvers/caption_solver.prototxt --iterations {iterations}, "
+          f"whole process (seconds), runs alternating, median of {reps}", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        solver = main_job_solver(folder)
+        for busy in (False, True):
+            spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy \
+                else None
+            condition = "with one more busy process" if busy else "as the machine is"
+            try:
+                samples = {name: [] for name in variants}
+                for _ in range(reps):
+                    for name, argument in variants.items():
+                        before = load()
+                        samples[name].append(main_job_seconds(solver, argument, iterations))
+                        print(f"  {condition}: {name}: {samples[name][-1]:.1f} s "
+                              f"(load average before {before})", flush=True)
+            finally:
+                if spinner is not None:
+                    spinner.kill()
+                    spinner.wait()
+            print(f"{condition}: " + ", ".join(f"{name} {statistics.median(s):.1f} s"
+                                              for name, s in samples.items()), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch + BLAS threads (default: torch's, all cores)")
+    parser.add_argument("--only", action="append", help="workloads whose name contains this")
+    parser.add_argument("--threads-check", action="store_true")
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--fixed-counts", default="1,2",
+                        help="the --threads values the threads check compares with the default")
+    args = parser.parse_args()
+    if args.threads:
+        threads.set_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, numpy BLAS "
+          f"{gemm.NUMPY_BLAS}; load average {load()}")
+
+    rates = {}
+    for M, K, N in GEMM_SHAPES:
+        samples = measure(gemm_variants(M, K, N), args.reps)
+        rates[(M, K, N)] = {name: 2 * M * K * N / statistics.median(s)
+                            for name, s in samples.items()}
+        print(f"GEMM {M}x{K} @ {K}x{N}: " + ", ".join(
+            f"{name} {rate / 1e9:.0f}" for name, rate in rates[(M, K, N)].items())
+            + " GFLOP/s (median)")
+    best_rate = max(max(r.values()) for r in rates.values())
+
+    found = workloads(torch.Generator().manual_seed(0))
+    chosen = {name: steps for name, steps in found.items()
+              if not args.only or any(part in name for part in args.only)}
+    steps = {}
+    for name, (ours, reference, _) in chosen.items():
+        steps[(name, "ours")], steps[(name, "torch")] = ours, reference
+        steps[(name, "torch GEMM")] = with_torch_gemm(ours)
+    times = measure(steps, args.reps)
+    print(f"\nwhole train steps, median of {args.reps} after a warm-up, alternating; "
+          f"rate = 3 x forward FLOPs / time, against the best GEMM rate "
+          f"{best_rate / 1e9:.0f} GFLOP/s")
+    print("(ours, torch GEMM: the same run with LRCN_GEMM=torch, every product on torch.mm)")
+    print(f"| {'workload':<34} | {'ours ms':>8} | {'torch ms':>8} | {'ours/torch':>10} "
+          f"| {'ours, torch GEMM ms':>19} | {'ours GFLOP/s':>12} | {'x best GEMM':>11} |")
+    print(f"|{'-' * 36}|{'-' * 9}:|{'-' * 9}:|{'-' * 11}:|{'-' * 20}:|{'-' * 13}:|{'-' * 12}:|")
+    for name, (_, _, flops) in chosen.items():
+        ours, reference, torch_gemm = (statistics.median(times[(name, k)])
+                                       for k in ("ours", "torch", "torch GEMM"))
+        rate = 3 * flops / ours
+        print(f"| {name:<34} | {ours * 1e3:8.1f} | {reference * 1e3:8.1f} "
+              f"| {ours / reference:10.2f} | {torch_gemm * 1e3:19.1f} | {rate / 1e9:12.1f} "
+              f"| {rate / best_rate:11.2f} |")
+    print(f"load average after: {load()}")
+    if args.threads_check:
+        threads_check(args.iterations, max(1, args.reps // 3),
+                      [int(n) for n in args.fixed_counts.split(",")])
+
+
+if __name__ == "__main__":
+    main()

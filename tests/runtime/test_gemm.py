@@ -1,0 +1,147 @@
+"""runtime.gemm: the rule that picks a BLAS per product, and that both libraries compute the
+same products and gradients (float32 tolerance) in the layers that use them."""
+
+import pytest
+import torch
+
+from runtime import gemm
+from support import compiled_layer
+from runtime.layers.recurrent import LSTM, RNN
+from runtime.layers.vision import InnerProduct
+
+needs_openblas = pytest.mark.skipif(gemm.NUMPY_BLAS != "openblas",
+                                    reason="numpy's BLAS is not OpenBLAS here")
+
+
+@pytest.fixture
+def forced(monkeypatch):
+    """Force a library for every product (small ones included) for the test's duration."""
+    def force(name):
+        monkeypatch.setattr(gemm, "FORCED", name)
+    return force
+
+
+def big(*shape):
+    return torch.empty(shape)     # only shapes matter to the rule
+
+
+@needs_openblas
+def test_rule_large_float32_cpu_products_on_one_thread_use_openblas():
+    assert torch.get_num_threads() == 1          # tests/conftest.py
+    assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "openblas"
+    assert gemm.backend(big(2000, 1000), big(4000, 1000).t()) == "openblas"
+
+
+def test_rule_keeps_torch_on_several_threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "torch"
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_rule_small_products_stay_on_torch():
+    assert gemm.backend(big(10, 100), big(100, 40)) == "torch"
+
+
+def test_rule_other_dtypes_and_autocast_stay_on_torch():
+    assert gemm.backend(big(2000, 1000).double(), big(1000, 4000).double()) == "torch"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "torch"
+
+
+def test_rule_falls_back_to_torch_without_openblas(monkeypatch, forced):
+    monkeypatch.setattr(gemm, "NUMPY_BLAS", None)
+    forced("openblas")
+    assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "torch"
+    a, b = torch.randn(3, 4), torch.randn(4, 5)
+    assert torch.equal(gemm.mm(a, b), torch.mm(a, b))
+
+
+def test_forcing_torch_overrides_the_rule(forced):
+    forced("torch")
+    assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "torch"
+
+
+@needs_openblas
+def test_openblas_products_match_torch(forced):
+    forced("openblas")
+    g = torch.Generator().manual_seed(0)
+    a, w = torch.randn(7, 5, generator=g), torch.randn(6, 5, generator=g)
+    c = torch.randn(6, generator=g)
+    torch.testing.assert_close(gemm.mm(a, w.t()), torch.mm(a, w.t()))
+    out = torch.empty(2, 7, 6)
+    result = gemm.addmm(c, a, w.t(), out=out[1])
+    assert result.data_ptr() == out[1].data_ptr()
+    torch.testing.assert_close(out[1], torch.addmm(c, a, w.t()))
+    torch.testing.assert_close(gemm.mm(w, a.t()), w @ a.t())      # a transposed right operand
+
+
+@needs_openblas
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("bias_rows", [False, True])
+def test_linear_gradients_match_autograd(forced, transpose, bias_rows):
+    forced("openblas")
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    w = torch.randn(3, 5, generator=g, dtype=torch.float64) if transpose else \
+        torch.randn(5, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(*((4, 5) if bias_rows else (5,)), generator=g, dtype=torch.float64)
+    leaves = [t.float().requires_grad_() for t in (x, w, b)]
+    y = gemm._Linear.apply(*leaves, transpose)       # the OpenBLAS function, whatever the size
+    reference = [t.clone().requires_grad_() for t in (x, w, b)]
+    expected = reference[0] @ (reference[1] if transpose else reference[1].t()) + reference[2]
+    grad = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    y.backward(grad.float())
+    expected.backward(grad)
+    torch.testing.assert_close(y.double(), expected.detach(), rtol=1e-5, atol=1e-5)
+    for ours, exact in zip(leaves, reference):
+        torch.testing.assert_close(ours.grad.double(), exact.grad, rtol=1e-5, atol=1e-5)
+
+
+LSTM_LAYER = '''layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" bottom: "s" top: "h"
+  recurrent_param { num_output: 6 weight_filler { type: "uniform" min: -0.3 max: 0.3 }
+                    bias_filler { type: "uniform" min: -0.1 max: 0.1 } } }'''
+RNN_LAYER = LSTM_LAYER.replace('"LSTM"', '"RNN"').replace('"lstm"', '"rnn"')
+IP_LAYER = '''layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+  inner_product_param { num_output: 6 axis: 2 weight_filler { type: "gaussian" std: 0.3 }
+                        bias_filler { type: "gaussian" std: 0.1 } } }'''
+
+
+def _run_layer(kind, forced_name, monkeypatch):
+    monkeypatch.setattr(gemm, "FORCED", forced_name)
+    T, N, D, H, Ds = 5, 3, 4, 6, 2
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(T, N, D, generator=g, requires_grad=True)
+    cont = torch.ones(T, N)
+    cont[0] = 0
+    cont[3, 1] = 0
+    if kind is InnerProduct:
+        layer = compiled_layer(IP_LAYER, [(T, N, D)], [(T, N, H)], [(H, D), (H,)])
+        unit = kind(layer, torch.Generator().manual_seed(3))
+        inputs = (x,)
+    else:
+        gates = 4 if kind is LSTM else 1
+        shapes = [(gates * H, D), (gates * H,), (gates * H, Ds), (gates * H, H)]
+        if kind is RNN:
+            shapes += [(H, H), (H,)]
+        text = LSTM_LAYER if kind is LSTM else RNN_LAYER
+        layer = compiled_layer(text, [(T, N, D), (T, N), (N, Ds)], [(T, N, H)], shapes)
+        unit = kind(layer, torch.Generator().manual_seed(3))
+        inputs = (x, cont, torch.randn(N, Ds, generator=g, requires_grad=True))
+    (y,) = unit(*inputs)
+    y.backward(torch.randn(y.shape, generator=g))
+    grads = [t.grad for t in inputs if t.requires_grad] + [p.grad for p in unit.blobs]
+    return y.detach(), grads
+
+
+@needs_openblas
+@pytest.mark.parametrize("kind", [LSTM, RNN, InnerProduct])
+def test_layers_agree_between_libraries(kind, monkeypatch):
+    y_torch, grads_torch = _run_layer(kind, "torch", monkeypatch)
+    y_blas, grads_blas = _run_layer(kind, "openblas", monkeypatch)
+    torch.testing.assert_close(y_blas, y_torch, rtol=1e-5, atol=1e-6)
+    assert len(grads_blas) == len(grads_torch)
+    for ours, reference in zip(grads_blas, grads_torch):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
