@@ -397,9 +397,16 @@ def build_parser():
         prog=PROGRAM, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Caption images with a trained LRCN captioning net (greedy, beam search "
                     "or sampling), as LRCN's captioner does.")
+    add_model_arguments(parser)
+    add_captioning_arguments(parser)
+    return parser
+
+
+def add_captioning_arguments(parser):
+    """The images, the decoding and the output: what `generate` and `format_output` read
+    (shared with lrcn-caption-onnx)."""
     parser.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER|LIST",
                         help="images, folders of images, COCO JSON files or list files")
-    add_model_arguments(parser)
     parser.add_argument("--blind", action="store_true",
                         help="zero the image features: the blind baseline of the same model")
     add_decoding_arguments(parser, "image")
@@ -413,7 +420,6 @@ def build_parser():
                          "[{\"image_id\", \"caption\"}] for lrcn-caption-eval "
                          "(default %(default)s)")
     io.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    return parser
 
 
 def check_arguments(parser, args):
