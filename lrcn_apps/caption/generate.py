@@ -39,6 +39,7 @@ from runtime import weights as weight_files
 from runtime.net import Net
 from lrcn_apps.caption.coco import DataError, load_json
 from lrcn_apps.caption.text import Vocabulary, VocabularyError
+from lrcn_apps.cli import run_reporting_errors
 from lrcn_apps.generation import (DEFAULT_MAX_LENGTH, DEFAULT_SEED, Caption,  # noqa: F401
                               StepDecoder, add_decoding_arguments, best_of_samples,
                               build_step_net, check_decoding_arguments, decode_batch,
@@ -446,12 +447,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_arguments(parser, args)
-    try:
-        run(args)
-    except DataError as error:
-        print("%s: error: %s" % (PROGRAM, error), file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_errors(PROGRAM, run, args)
 
 
 if __name__ == "__main__":
