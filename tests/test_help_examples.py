@@ -135,9 +135,11 @@ def test_example_parser_joins_continuations_and_skips_comments():
 
 
 def _copy_repository_files(workspace):
-    # Without the activity data a checkout may have prepared already: the examples make it.
+    # Without the activity and video data a checkout may have prepared already: the examples
+    # make them.
     def generated(directory, names):
-        return ["prepared"] if os.path.basename(directory) == "activity_motion" else []
+        prepared_here = os.path.basename(directory) in ("activity_motion", "video_actions")
+        return ["prepared"] if prepared_here else []
     for folder in ("nets", "solvers", "data"):
         shutil.copytree(os.path.join(ROOT, folder), workspace / folder, ignore=generated)
 
