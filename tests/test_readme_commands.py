@@ -33,14 +33,15 @@ SKIPPED = {
     ("README.md", "pip install -e . && lrcn-train solvers/caption_solver.prototxt"):
         "installs into the Python environment and runs the whole suite: CI's .ci/run does "
         "both (its caption training runs here in the image-captioning block)",
-    ("README.md", "lrcn-activity-data --videos UCF-101 --split ucfTrainTestlist/trainlist01.txt \\"):
+    ("README.md", "lrcn-activity-data --videos UCF-101 "
+                  "--split ucfTrainTestlist/trainlist01.txt \\"):
         "needs UCF-101 (an external dataset)",
     ("README.md", "lrcn-train SOLVER --gpu 0,1            # one process per listed GPU (NCCL); "
                   "--gpu all: every GPU"):
         "needs GPUs and several machines (SOLVER is a placeholder; the CPU --nproc path is "
         "tests/runtime/test_distributed_cli.py)",
-    ("data/video_actions/README.md",
-     "lrcn-video-data --videos YouTubeClips --sentences train=train.txt --sentences val=val.txt \\"):
+    ("data/video_actions/README.md", "lrcn-video-data --videos YouTubeClips "
+                                     "--sentences train=train.txt --sentences val=val.txt \\"):
         "needs MSVD and the VGG-16 model (external)",
     ("docs/git-diff-driver.md", "$ lrcn-diff old/net.prototxt new/net.prototxt --phase TEST"):
         "a transcript of output for two nets that are not in the repository",
