@@ -37,6 +37,7 @@ from runtime import transform as image_transform
 from lrcn_apps.caption.coco import DataError
 from lrcn_apps.caption.onnx_decode import OnnxCaptioner
 from lrcn_apps.caption.text import EOS_INDEX, Vocabulary, VocabularyError
+from lrcn_apps.cli import run_reporting_errors
 from lrcn_apps.generation import DEFAULT_MAX_LENGTH
 
 FORMAT = "lrcn-caption-bundle/1"
@@ -233,14 +234,14 @@ def run_main(argv=None):
     generate.add_captioning_arguments(parser)
     args = parser.parse_args(argv)
     generate.check_arguments(parser, args)
-    try:
-        require("onnxruntime", "lrcn-caption-onnx")
-        captioner = BundleCaptioner(args.bundle)
-        items = generate.collect_images(args.inputs, args.image_root)
-        captions = generate.generate(captioner, items, args)
-        generate.write_output(generate.format_output(captioner, items, captions, args.format),
-                              args.output)
-    except (DataError, MissingExtra) as error:
-        print("lrcn-caption-onnx: error: %s" % error, file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_errors("lrcn-caption-onnx", caption_from_bundle, args)
+
+
+def caption_from_bundle(args):
+    from lrcn_apps.caption import generate
+    require("onnxruntime", "lrcn-caption-onnx")
+    captioner = BundleCaptioner(args.bundle)
+    items = generate.collect_images(args.inputs, args.image_root)
+    captions = generate.generate(captioner, items, args)
+    generate.write_output(generate.format_output(captioner, items, captions, args.format),
+                          args.output)
