@@ -20,10 +20,8 @@ import numpy as np
 import torch
 
 from compiler.extras import require
+from lrcn_apps.caption.generate import CONT, FEATURE_INPUT, FEATURES, IMAGE_INPUT, WORD_INPUT
 from lrcn_apps.generation import StepDecoder
-
-IMAGE_INPUT, FEATURES = "data", "fc8"
-CONT, WORD_INPUT, FEATURE_INPUT = "cont_sentence", "input_sentence", "image_features"
 
 
 class OnnxCaptioner(StepDecoder):
