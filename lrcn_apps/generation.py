@@ -13,8 +13,9 @@ image's features given at every step; a video's frames read first, S2VT-style), 
   scores at least as much as its best live prefix (log-probabilities only fall as a prefix
   grows, so no live prefix can overtake it) or at ``max_length`` tokens, where unfinished
   prefixes compete as they are. K = 1 is exactly greedy. Inputs are batched: N inputs run as
-  N x K streams, and ``Net.reorder_state`` moves the carried LSTM state to follow the
-  surviving prefixes (the stream count never changes, so the runtime never resets the state);
+  N x K streams, and ``StepDecoder._reorder_state`` (``Net.reorder_state``) moves the carried
+  LSTM state to follow the surviving prefixes (the stream count never changes, so the runtime
+  never resets the state);
 - sampling: each word drawn with probability proportional to exp(temperature x logit), where
   the temperature is LRCN's INVERSE temperature: large values approach greedy, 1 samples the
   model's own distribution, small values flatten it;
@@ -66,7 +67,8 @@ class StepDecoder:
     """The decoding strategies over a step-wise word net.
 
     A subclass sets ``device``, ``vocabulary`` and ``word_net`` (the runtime.Net whose carried
-    state beam search reorders) and implements ``_start(context)``: reset the carried state,
+    state beam search reorders; a decoder that carries the state itself overrides
+    ``_reorder_state`` instead) and implements ``_start(context)``: reset the carried state,
     prepare one stream per row of ``context`` and return ``step(words, first)``, which feeds
     one word per stream ((N,) long tensor; ``first`` is the first word step) and returns the
     (N, V) float64 log-probabilities of the next word. ``_repeat(context, k)`` repeats every
@@ -78,6 +80,10 @@ class StepDecoder:
 
     def _repeat(self, context, copies):
         return torch.as_tensor(context).repeat_interleave(copies, dim=0)
+
+    def _reorder_state(self, streams):
+        """Stream n of the next step continues stream streams[n] of the last one."""
+        self.word_net.reorder_state(streams)
 
     def _bos(self, count):
         return torch.full((count,), EOS_INDEX, dtype=torch.long, device=self.device)
@@ -299,7 +305,7 @@ class _BeamSearch:
         parents, words = live_index // vocab, live_index % vocab
         self._follow(parents.cpu().numpy(), words.cpu().numpy())
         streams = parents + self.k * torch.arange(self.n, device=parents.device)[:, None]
-        self.decoder.word_net.reorder_state(streams.reshape(-1))
+        self.decoder._reorder_state(streams.reshape(-1))
         best_live = self.scores[:, 0].cpu().numpy()
         for row in np.flatnonzero(~self.done):
             best = self.best[row]

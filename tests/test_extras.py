@@ -78,3 +78,31 @@ def test_main_job_trains_without_optional_packages(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "Optimization Done" in result.stderr
     assert (tmp_path / "lrcn_caption_iter_1.caffemodel").exists()
+
+
+def test_video_tools_without_the_video_extra_are_one_line(tmp_path):
+    from runtime.net import Net
+    weights = str(tmp_path / "s2vt.caffemodel")
+    Net(os.path.join(ROOT, "nets/s2vt_deploy.prototxt"), phase="TEST",
+        stages=("factored", "2-layer")).save(weights)
+    words = ["<unk>"] + list("abcdefghijklmnopqrstuvw")        # the video net's 24 words
+    (tmp_path / "vocabulary.txt").write_text("".join(f"{word}\n" for word in words))
+    frames = ["--feature-net", "nets/video_frame_features.prototxt",
+              "--feature-blob", "pool_frame"]
+    calls = {
+        "lrcn-video-data": ("lrcn_apps.video.prepare", [
+            "--videos", "data/video_actions/videos",
+            "--sentences", "train=data/video_actions/sentences_val.txt", "--blob", "pool_frame",
+            "--net", "nets/video_frame_features.prototxt", "--out", str(tmp_path / "v")]),
+        "lrcn-describe": ("lrcn_apps.video.describe", [
+            "--weights", weights, "--vocabulary", str(tmp_path / "vocabulary.txt")] + frames
+            + ["data/video_actions/videos/vid449.avi"]),
+    }
+    for program, (module, argv) in calls.items():
+        result = run_without_extras(f"from {module} import main; sys.exit(main({argv!r}))",
+                                    ROOT)
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr     # progress lines may come before the error
+        assert result.stderr.splitlines()[-1] == (
+            f"{program}: error: reading and writing videos needs the 'imageio' package, which "
+            "is not installed: pip install 'lrcn[video]'")

@@ -16,9 +16,9 @@
   decoding loop).
 
 `lrcn-caption-onnx BUNDLE IMAGE...` captions from the bundle alone (no prototxt, no
-.caffemodel): greedy decoding, the same output as `lrcn-caption` (tested). BundleCaptioner
-needs numpy, Pillow and onnxruntime; the command line shares lrcn-caption's input and output
-code, which imports torch.
+.caffemodel): the models run in onnxruntime, the decoding is lrcn-caption's (greedy, beam
+search, seeded sampling: lrcn_apps.generation), and the output equals `lrcn-caption`'s
+(tested). The command line shares lrcn-caption's options and its input and output code.
 """
 
 import argparse
@@ -36,12 +36,14 @@ from lrcn_proto import caffe_pb2
 from runtime import threads
 from runtime import transform as image_transform
 from lrcn_apps.caption.coco import DataError
+from lrcn_apps.caption.onnx_decode import OnnxCaptioner
 from lrcn_apps.caption.text import EOS_INDEX, Vocabulary, VocabularyError
+from lrcn_apps.cli import run_reporting_errors
+from lrcn_apps.generation import DEFAULT_MAX_LENGTH
 
 FORMAT = "lrcn-caption-bundle/1"
 MANIFEST, PREPROCESS, VOCABULARY = "bundle.json", "preprocess.json", "vocabulary.txt"
 IMAGE_MODEL, WORD_MODEL, MEAN_FILE = "image.onnx", "word_step.onnx", "mean.binaryproto"
-DEFAULT_MAX_LENGTH = 50
 
 EXPORT_EXAMPLES = """examples:
   # the model lrcn-train solvers/caption_solver.prototxt trains, as a bundle
@@ -53,6 +55,9 @@ exit status: 0 success, 1 a problem with an input file or the output folder, 2 b
 
 RUN_EXAMPLES = """examples:
   lrcn-caption-onnx caption_bundle data/caption_shapes/images/test_000581.png
+  lrcn-caption-onnx caption_bundle --beam 3 data/caption_shapes/images/test_000581.png
+  lrcn-caption-onnx caption_bundle --temperature 2 --samples 10 --seed 7 \\
+      data/caption_shapes/images/test_000581.png
   lrcn-caption-onnx caption_bundle data/caption_shapes/captions_test.json \\
       --image-root data/caption_shapes/images --format coco -o test_captions.json
 
@@ -138,13 +143,13 @@ def _write_json(path, value):
 
 # ------------------------------------------------------------------------------ running
 
-class BundleCaptioner:
-    """Greedy captions from a bundle directory, with onnxruntime (no torch)."""
+class BundleCaptioner(OnnxCaptioner):
+    """Captions from a bundle directory: its models in onnxruntime, lrcn-caption's decoding
+    (greedy, beam_search, sample: lrcn_apps.generation.StepDecoder)."""
 
     def __init__(self, directory):
         from google.protobuf import json_format
 
-        from lrcn_apps.caption.onnx_decode import OnnxGreedyCaptioner
         manifest = _read_json(directory, MANIFEST)
         if manifest.get("format") != FORMAT:
             raise DataError("%s: not an lrcn caption bundle (format %r, expected %r)"
@@ -158,14 +163,13 @@ class BundleCaptioner:
         self.transformer = image_transform.DataTransformer(param, "TEST")
         self.input_shape = tuple(preprocess["shape"])
         try:
-            self.vocabulary = Vocabulary.load(
-                os.path.join(directory, manifest["vocabulary"]["file"]))
+            vocabulary = Vocabulary.load(os.path.join(directory, manifest["vocabulary"]["file"]))
         except (OSError, VocabularyError) as error:
             raise DataError(str(error)) from None
-        self.decoder = OnnxGreedyCaptioner(
-            os.path.join(directory, manifest["image_model"]["file"]),
-            os.path.join(directory, manifest["word_model"]["file"]),
-            scores=manifest["word_model"]["logits"])
+        super().__init__(os.path.join(directory, manifest["image_model"]["file"]),
+                         os.path.join(directory, manifest["word_model"]["file"]),
+                         scores=manifest["word_model"]["logits"], logits=True,
+                         vocabulary=vocabulary)
 
     def load_image(self, path):
         """An image file -> (C, H, W) float32, as training's ImageData layer read it."""
@@ -174,17 +178,9 @@ class BundleCaptioner:
         except CompileError as error:
             raise DataError(str(error)) from None
 
-    def greedy(self, paths, max_length=DEFAULT_MAX_LENGTH):
-        """[(net indices without EOS, ended)] for image files."""
-        images = np.stack([self.load_image(path) for path in paths])
-        return self.decoder.decode(self.decoder.image_features(images), max_length)
-
-    def sentence(self, caption):
-        tokens, ended = caption
-        return self.vocabulary.sentence(list(tokens) + ([EOS_INDEX] if ended else []))
-
-    def text(self, caption):
-        return self.vocabulary.decode_text(caption[0])
+    def load_images(self, paths):
+        """Image files -> (N, C, H, W) float32 array."""
+        return np.stack([self.load_image(path) for path in paths])
 
 
 def _read_json(directory, name):
@@ -234,32 +230,21 @@ def run_main(argv=None):
     from lrcn_apps.caption import generate
     parser = argparse.ArgumentParser(
         prog="lrcn-caption-onnx", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Greedy captions from a bundle written by lrcn-caption-bundle, with "
-                    "onnxruntime (no PyTorch); the output is lrcn-caption's.",
+        description="Captions from a bundle written by lrcn-caption-bundle: the models run in "
+                    "onnxruntime, the decoding and the output are lrcn-caption's.",
         epilog=RUN_EXAMPLES)
     parser.add_argument("bundle", metavar="BUNDLE", help="bundle directory")
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER|LIST",
-                        help="images, as lrcn-caption takes them")
-    parser.add_argument("--image-root", metavar="DIR", help="folder of a COCO JSON's images")
-    parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, metavar="L",
-                        help="stop a caption after L tokens, EOS included (default %(default)s)")
-    parser.add_argument("--format", choices=("text", "coco"), default="text",
-                        help="text: 'path<TAB>caption' lines; coco: a results JSON")
-    parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
+    generate.add_captioning_arguments(parser)
     args = parser.parse_args(argv)
-    if args.max_length < 1:
-        parser.error("--max-length must be at least 1")
-    try:
-        require("onnxruntime", "lrcn-caption-onnx")
-        captioner = BundleCaptioner(args.bundle)
-        items = generate.collect_images(args.inputs, args.image_root)
-        captions = captioner.greedy([item.path for item in items], args.max_length)
-        text = generate.format_output(captioner, items, captions, args.format)
-        if args.output:
-            generate.write_text(args.output, text)
-        else:
-            sys.stdout.write(text)
-    except (DataError, MissingExtra) as error:
-        print("lrcn-caption-onnx: error: %s" % error, file=sys.stderr)
-        return 1
-    return 0
+    generate.check_arguments(parser, args)
+    return run_reporting_errors("lrcn-caption-onnx", caption_from_bundle, args)
+
+
+def caption_from_bundle(args):
+    from lrcn_apps.caption import generate
+    require("onnxruntime", "lrcn-caption-onnx")
+    captioner = BundleCaptioner(args.bundle)
+    items = generate.collect_images(args.inputs, args.image_root)
+    captions = generate.generate(captioner, items, args)
+    generate.write_output(generate.format_output(captioner, items, captions, args.format),
+                          args.output)

@@ -40,6 +40,7 @@ from runtime import weights as weight_files
 from runtime.net import Net
 from lrcn_apps.caption.coco import DataError, load_json
 from lrcn_apps.caption.text import Vocabulary, VocabularyError
+from lrcn_apps.cli import run_reporting_errors
 from lrcn_apps.generation import (DEFAULT_MAX_LENGTH, DEFAULT_SEED, Caption,  # noqa: F401
                               StepDecoder, add_decoding_arguments, best_of_samples,
                               build_step_net, check_decoding_arguments, decode_batch,
@@ -398,9 +399,17 @@ def build_parser():
         prog=PROGRAM, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Caption images with a trained LRCN captioning net (greedy, beam search "
                     "or sampling), as LRCN's captioner does.")
+    add_model_arguments(parser)
+    add_captioning_arguments(parser)
+    threads.add_argument(parser)
+    return parser
+
+
+def add_captioning_arguments(parser):
+    """The images, the decoding and the output: what `generate` and `format_output` read
+    (shared with lrcn-caption-onnx)."""
     parser.add_argument("inputs", nargs="+", metavar="IMAGE|FOLDER|LIST",
                         help="images, folders of images, COCO JSON files or list files")
-    add_model_arguments(parser)
     parser.add_argument("--blind", action="store_true",
                         help="zero the image features: the blind baseline of the same model")
     add_decoding_arguments(parser, "image")
@@ -414,8 +423,6 @@ def build_parser():
                          "[{\"image_id\", \"caption\"}] for lrcn-caption-eval "
                          "(default %(default)s)")
     io.add_argument("-o", "--output", metavar="FILE", help="write here instead of stdout")
-    threads.add_argument(parser)
-    return parser
 
 
 def check_arguments(parser, args):
@@ -443,12 +450,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_arguments(parser, args)
     threads.configure(args.threads)
-    try:
-        run(args)
-    except DataError as error:
-        print("%s: error: %s" % (PROGRAM, error), file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_errors(PROGRAM, run, args)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from lrcn_apps.caption import streams
 from lrcn_apps.caption.coco import DataError, load_caption_set, reference_document
 from lrcn_apps.caption.text import DEFAULT_MIN_COUNT, Vocabulary, VocabularyError, \
     build_vocabulary, tokenize
+from lrcn_apps.cli import run_reporting_errors
 
 PROGRAM = "lrcn-caption-data"
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -488,23 +489,18 @@ def run(args):
     print("vocabulary: %d words (<unk> included); nets use %d indices (EOS = 0)"
           % (len(vocabulary), vocabulary.net_size), flush=True)
     try:
-        return publish_atomically(
+        publish_atomically(
             args.out, args.overwrite,
             lambda work_dir: write_everything(args, splits, images, split_pairs, vocabulary,
                                               work_dir))
     except OSError as error:
         raise DataError("%s: cannot write the outputs: %s" % (args.out, error)) from None
+    print("wrote %s" % args.out)
 
 
 def main(argv=None):
     args = parse_arguments(argv)
-    try:
-        run(args)
-    except DataError as error:
-        print("%s: error: %s" % (PROGRAM, error), file=sys.stderr)
-        return 1
-    print("wrote %s" % args.out)
-    return 0
+    return run_reporting_errors(PROGRAM, run, args)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from lrcn_apps.caption import metrics
 from lrcn_apps.caption.coco import DataError, load_caption_set
 from lrcn_apps.caption.generate import (ImageItem, add_model_arguments, captioner_from,
                                     check_positive)
+from lrcn_apps.cli import run_reporting_errors
 
 PROGRAM = "lrcn-caption-retrieval"
 DEFAULT_BATCH_SIZE = 500
@@ -175,12 +176,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_positive(parser, args, ("batch_size", "max_images"))
     threads.configure(args.threads)
-    try:
-        run(args)
-    except DataError as error:
-        print("%s: error: %s" % (PROGRAM, error), file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_errors(PROGRAM, run, args)
 
 
 if __name__ == "__main__":

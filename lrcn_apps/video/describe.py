@@ -31,6 +31,7 @@ from runtime import threads
 from lrcn_apps.caption.coco import DataError, load_json
 from lrcn_apps.caption.generate import check_positive, device_from, write_output
 from lrcn_apps.caption.text import Vocabulary, VocabularyError
+from lrcn_apps.cli import run_reporting_errors
 from lrcn_apps.generation import (StepDecoder, add_decoding_arguments, build_step_net,
                               check_decoding_arguments, decode_batch, describe, load_weights)
 from lrcn_apps.video.features import FrameFeatures, find_video, read_features, read_frames
@@ -298,12 +299,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_arguments(parser, args)
     threads.configure(args.threads)
-    try:
-        run(args)
-    except DataError as error:
-        print("%s: error: %s" % (PROGRAM, error), file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_errors(PROGRAM, run, args)
 
 
 if __name__ == "__main__":

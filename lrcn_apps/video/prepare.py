@@ -30,6 +30,7 @@ from lrcn_apps.caption import streams as caption_streams
 from lrcn_apps.caption.coco import DataError, reference_document
 from lrcn_apps.caption.prepare import listed_path, publish_atomically, split_rng
 from lrcn_apps.caption.text import Vocabulary, VocabularyError, build_vocabulary, tokenize
+from lrcn_apps.cli import run_reporting_errors
 from lrcn_apps.video import recogniser, streams
 from lrcn_apps.video.features import (FrameFeatures, find_video, read_features, read_frames,
                                   write_features)
@@ -273,17 +274,12 @@ def run(args):
         publish_atomically(args.out, args.force, write_into)
     except OSError as error:
         raise DataError("%s: cannot write the outputs: %s" % (args.out, error)) from None
+    print("wrote %s" % args.out)
 
 
 def main(argv=None):
     args = parse_arguments(argv)
-    try:
-        run(args)
-    except DataError as error:
-        print("%s: error: %s" % (PROGRAM, error), file=sys.stderr)
-        return 1
-    print("wrote %s" % args.out)
-    return 0
+    return run_reporting_errors(PROGRAM, run, args)
 
 
 if __name__ == "__main__":

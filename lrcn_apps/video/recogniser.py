@@ -37,6 +37,7 @@ from runtime import threads
 from runtime.net import Net
 from lrcn_apps.caption import streams as caption_streams
 from lrcn_apps.caption.coco import DataError, load_json
+from lrcn_apps.cli import run_reporting_errors
 from lrcn_apps.generation import describe, load_weights
 from lrcn_apps.video.features import read_features, write_features
 from lrcn_apps.video.streams import RowWriter
@@ -165,12 +166,7 @@ def main(argv=None):
     threads.configure(args.threads)
     if not (args.tuples or args.slots):
         parser.error("give --tuples or --slots (the slot labels)")
-    try:
-        run(args)
-    except DataError as error:
-        print("%s: error: %s" % (PROGRAM, error), file=sys.stderr)
-        return 1
-    return 0
+    return run_reporting_errors(PROGRAM, run, args)
 
 
 OUTPUTS = ("labels_sequence.h5", "labels_max.h5", "labels_probs.h5")

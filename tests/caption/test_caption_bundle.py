@@ -3,8 +3,6 @@ alone, equal to lrcn-caption (the torch path)."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -50,16 +48,18 @@ def test_the_bundle_holds_everything_to_caption(exported):
                                              "mean_value": [128.0]}
 
 
-@pytest.mark.parametrize("output_format", ["text", "coco"])
-def test_onnx_captions_equal_lrcn_caption(exported, capsys, output_format):
+@pytest.mark.parametrize("output_format, decoding", [
+    ("text", []), ("coco", []), ("text", ["--beam", "3"]), ("coco", ["--beam", "2"]),
+    ("text", ["--temperature", "2", "--samples", "3", "--seed", "7"])])
+def test_onnx_captions_equal_lrcn_caption(exported, capsys, output_format, decoding):
     weights, out = exported
+    options = ["--max-length", "12", "--format", output_format] + decoding
     code, expected, err = run(generate.main, [
         "--weights", weights, "--net", os.path.join(ROOT, generate.DEFAULT_NET),
-        "--vocabulary", os.path.join(ROOT, generate.DEFAULT_VOCABULARY),
-        "--max-length", "12", "--format", output_format] + IMAGES, capsys)
+        "--vocabulary", os.path.join(ROOT, generate.DEFAULT_VOCABULARY)] + options + IMAGES,
+        capsys)
     assert code == 0, err
-    code, captions, err = run(bundle.run_main, [str(out), "--max-length", "12",
-                                                "--format", output_format] + IMAGES, capsys)
+    code, captions, err = run(bundle.run_main, [str(out)] + options + IMAGES, capsys)
     assert code == 0, err
     assert captions == expected
     caption_lines = {line.split("\t")[-1] for line in expected.splitlines()
@@ -67,18 +67,19 @@ def test_onnx_captions_equal_lrcn_caption(exported, capsys, output_format):
     assert len(caption_lines) == len(IMAGES)      # a real decode: distinct captions
 
 
-def test_the_bundle_captions_without_torch(exported):
-    _, out = exported
-    script = ("import sys; sys.modules['torch'] = None; sys.path.insert(0, sys.argv[1]); "
-              "from lrcn_apps.caption.bundle import BundleCaptioner; "
-              "model = BundleCaptioner(sys.argv[2]); "
-              "print([model.sentence(c) for c in model.greedy(sys.argv[3:], 12)])")
-    result = subprocess.run([sys.executable, "-c", script, ROOT, str(out)] + IMAGES,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    captioner = bundle.BundleCaptioner(str(out))
-    assert result.stdout.strip() == str([captioner.sentence(c)
-                                         for c in captioner.greedy(IMAGES, 12)])
+def test_beam_search_through_onnxruntime_scores_as_the_torch_path(exported):
+    """The same sentences with the same log-probabilities, not just the same text."""
+    weights, out = exported
+    torch_path = generate.Captioner(os.path.join(ROOT, generate.DEFAULT_NET), weights,
+                                    os.path.join(ROOT, generate.DEFAULT_VOCABULARY))
+    onnx_path = bundle.BundleCaptioner(str(out))
+    expected = torch_path.beam_search(
+        torch_path.image_features(torch_path.load_images(IMAGES)), 3, 12)
+    found = onnx_path.beam_search(onnx_path.image_features(onnx_path.load_images(IMAGES)), 3, 12)
+    assert [c.tokens for c in found] == [c.tokens for c in expected]
+    assert [c.ended for c in found] == [c.ended for c in expected]
+    assert [c.log_prob for c in found] == pytest.approx([c.log_prob for c in expected],
+                                                       abs=1e-4)
 
 
 def test_an_existing_directory_is_never_overwritten(exported, capsys):

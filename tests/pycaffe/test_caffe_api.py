@@ -2,6 +2,7 @@
 caffe.draw, reshape, HDF5 weights, MemoryData, forward_all."""
 
 import shutil
+import sys
 import warnings
 
 import h5py
@@ -182,6 +183,7 @@ def test_set_mode_gpu_without_cuda_warns_and_runs_on_the_cpu(net_file):
 
 @pytest.mark.parametrize("call, name", [
     (lambda: caffe.set_solver_count(2), "caffe.set_solver_count"),
+    (lambda: caffe.set_solver_rank(1), "caffe.set_solver_rank"),
     (lambda: caffe.set_multiprocess(True), "caffe.set_multiprocess"),
     (lambda: caffe.NCCL(None, ""), "caffe.NCCL"),
     (lambda: caffe.Detector("a", "b"), "caffe.Detector"),
@@ -192,6 +194,12 @@ def test_set_mode_gpu_without_cuda_warns_and_runs_on_the_cpu(net_file):
 def test_refused_calls_name_the_call(call, name):
     with pytest.raises(caffe.UnsupportedError, match=name.replace("(", "\\(")):
         call()
+
+
+def test_get_pydot_graph_without_pydot_names_the_call(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pydot", None)
+    with pytest.raises(caffe.UnsupportedError, match="caffe.draw.get_pydot_graph"):
+        caffe.draw.get_pydot_graph(caffe_pb2.NetParameter(), "LR")
 
 
 def test_timer_measures_milliseconds():
