@@ -13,8 +13,8 @@ from lrcn_proto import caffe_pb2
 
 from .errors import CompileError
 from .graph import compile_net
-from .layer_types import (LOSS, METRIC, RECURRENT, SINK, TIME_MAJOR_PASSTHROUGH,
-                          has_trait)
+from .layer_types import (LOSS, METRIC, RECURRENT, SINK, TIME_MAJOR_FROM_AXIS_2,
+                          TIME_MAJOR_PASSTHROUGH, has_trait)
 from .schema import Document
 
 
@@ -145,7 +145,7 @@ def _time_major_inputs(compiled):
         if not marked.intersection(layer.tops):
             continue
         if has_trait(layer.type, TIME_MAJOR_PASSTHROUGH) or (
-                layer.type in ("InnerProduct", "Concat", "Slice") and layer.attrs.axis >= 2):
+                has_trait(layer.type, TIME_MAJOR_FROM_AXIS_2) and layer.attrs.axis >= 2):
             marked.update(layer.bottoms)
     return {name for name in compiled.inputs if name in marked}
 

@@ -23,12 +23,9 @@ read what the script gives them) are listed in `Plan.unsharded` for the solver t
 
 from dataclasses import dataclass, field
 
-from compiler.layer_types import RECURRENT, has_trait
+from compiler.layer_types import RECURRENT, VALUE_PRESERVING, has_trait
 
 # Layers a cont blob may pass through on its way from the data layer to the recurrent layer.
-_PASS_THROUGH = ("Reshape", "Split", "Flatten")
-
-
 @dataclass(frozen=True)
 class Shard:
     """A rank's place: rank r of `size`. data_seed: the seed data layers draw their record
@@ -171,9 +168,10 @@ def explain_reshape(compiled, result, error):
 
 
 def _origin(producers, blob):
-    """The layer that first produced `blob`, through pass-through layers."""
+    """The layer that first produced `blob`, through one-bottom layers that only move values."""
     layer = producers.get(blob)
-    while layer is not None and layer.type in _PASS_THROUGH and layer.bottoms:
+    while layer is not None and has_trait(layer.type, VALUE_PRESERVING) and \
+            len(layer.bottoms) == 1:
         layer = producers.get(layer.bottoms[0])
     return layer
 

@@ -27,6 +27,7 @@ from ..errors import CompileError
 LOSS = "loss"                       # LossLayer: the first top weighs 1 unless loss_weight says
 NEURON = "neuron"                   # elementwise on one bottom: the top has the bottom's shape
 TIME_MAJOR_PASSTHROUGH = "time-major passthrough"   # keeps the bottom's leading (T, N) axes
+TIME_MAJOR_FROM_AXIS_2 = "time-major from axis 2"   # keeps (T, N) when its attrs.axis is >= 2
 VALUE_PRESERVING = "value-preserving"   # tops hold bottom values unchanged (only moved / copied)
 SINK = "sink"                       # consumes blobs, produces nothing a deployed net returns
 METRIC = "metric"                   # measures against labels (a deployed net drops it)
@@ -34,7 +35,7 @@ RECURRENT = "recurrent"             # time-major x (T, N, ...) and cont (T, N) b
 FROZEN_BLOBS = "frozen blobs"       # blobs are running statistics: lr_mult forced to 0
 DATA = "data"                       # reads its tops from a source, has no bottoms
 
-TRAITS = (LOSS, NEURON, TIME_MAJOR_PASSTHROUGH, VALUE_PRESERVING, SINK, METRIC, RECURRENT,
+TRAITS = (LOSS, NEURON, TIME_MAJOR_PASSTHROUGH, TIME_MAJOR_FROM_AXIS_2, VALUE_PRESERVING, SINK, METRIC, RECURRENT,
           FROZEN_BLOBS, DATA)
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from lrcn_proto import caffe_pb2
 
 from ..shapes import LayerShapes, count
-from . import (ONE_IN_ONE_OUT, SINK, TIME_MAJOR_PASSTHROUGH, VALUE_PRESERVING, BlobCounts,
-               declare, fixed)
+from . import (ONE_IN_ONE_OUT, SINK, TIME_MAJOR_FROM_AXIS_2, TIME_MAJOR_PASSTHROUGH,
+               VALUE_PRESERVING, BlobCounts, declare, fixed)
 from .common import AxisAttrs, _axis, _check_not_in_place, _error, _plural, _shape_text, _span
 
 _ELTWISE = caffe_pb2.EltwiseParameter
@@ -114,7 +114,8 @@ def _legacy_dim_axis(layer, shape, value, field):
     return value
 
 
-@declare("Slice", counts=BlobCounts(1, 1, 1, None), traits={VALUE_PRESERVING})
+@declare("Slice", counts=BlobCounts(1, 1, 1, None),
+         traits={VALUE_PRESERVING, TIME_MAJOR_FROM_AXIS_2})
 def slice_rule(layer, bottoms, context):
     param, bottom, num_tops = layer.slice_param, bottoms[0], len(layer.top)
     if param.HasField("slice_dim"):
@@ -143,7 +144,8 @@ def slice_rule(layer, bottoms, context):
                        attrs=SliceAttrs(axis, tuple(sizes)))
 
 
-@declare("Concat", counts=BlobCounts(1, None, 1, 1), traits={VALUE_PRESERVING})
+@declare("Concat", counts=BlobCounts(1, None, 1, 1),
+         traits={VALUE_PRESERVING, TIME_MAJOR_FROM_AXIS_2})
 def concat_rule(layer, bottoms, context):
     param, first = layer.concat_param, bottoms[0]
     if param.HasField("concat_dim"):

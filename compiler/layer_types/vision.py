@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from lrcn_proto import caffe_pb2
 
 from ..shapes import LayerShapes, count
-from . import FROZEN_BLOBS, ONE_IN_ONE_OUT, TIME_MAJOR_PASSTHROUGH, BlobCounts, declare
+from . import (FROZEN_BLOBS, ONE_IN_ONE_OUT, TIME_MAJOR_FROM_AXIS_2, TIME_MAJOR_PASSTHROUGH,
+               BlobCounts, declare)
 from .common import AxisAttrs, _axis, _error, _legacy_dim, _shape_text, _span
 
 # Caffe's kDefaultStride / kDefaultPad / kDefaultDilation in base_conv_layer.cpp: the repeated
@@ -298,7 +299,7 @@ class InnerProductAttrs:
     bias_term: bool
 
 
-@declare("InnerProduct", counts=ONE_IN_ONE_OUT)
+@declare("InnerProduct", counts=ONE_IN_ONE_OUT, traits={TIME_MAJOR_FROM_AXIS_2})
 def inner_product_rule(layer, bottoms, context):
     param, bottom = layer.inner_product_param, bottoms[0]
     if param.num_output <= 0:
@@ -396,6 +397,13 @@ def scale_rule(layer, bottoms, context):
     return LayerShapes([bottom], params, flops, AxisAttrs(axis))
 
 
+@dataclass(frozen=True)
+class BatchNormAttrs:
+    """use_global_stats as written; None when unset: Caffe then normalises with the running
+    statistics in TEST and the batch's in TRAIN (the unit follows train / eval mode)."""
+    use_global_stats: object
+
+
 @declare("BatchNorm", counts=ONE_IN_ONE_OUT, traits={FROZEN_BLOBS})
 def batch_norm_rule(layer, bottoms, context):
     bottom, param = bottoms[0], layer.batch_norm_param
@@ -404,12 +412,15 @@ def batch_norm_rule(layer, bottoms, context):
         raise _error(layer, f"the bottom must have at least 2 axes (N, C, ...), got "
                             f"{_shape_text(bottom)}")
     channels = bottom[1]
-    global_stats = param.use_global_stats if param.HasField("use_global_stats") else \
+    attrs = BatchNormAttrs(param.use_global_stats if param.HasField("use_global_stats")
+                           else None)
+    global_stats = attrs.use_global_stats if attrs.use_global_stats is not None else \
         context.phase == "TEST"
     # Normalising is a subtract and a divide; batch statistics add mean, square, variance sum.
     per_element = 2 if global_stats else 5
     # Blobs: running mean sum, running variance sum, and the scale factor they are divided by.
-    return LayerShapes([bottom], [(channels,), (channels,), (1,)], per_element * count(bottom))
+    return LayerShapes([bottom], [(channels,), (channels,), (1,)], per_element * count(bottom),
+                       attrs)
 
 
 @declare("MVN", counts=ONE_IN_ONE_OUT)

@@ -348,10 +348,9 @@ class BatchNorm(CaffeLayer):
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
         bp = layer.param.batch_norm_param
-        # Unset, Caffe uses the running statistics in TEST; here in eval mode (module.training
-        # starts as phase == TRAIN and follows .train() / .eval()).
-        self.global_stats_setting = (bp.use_global_stats if bp.HasField("use_global_stats")
-                                     else None)
+        # None (unset) follows the module's mode: training starts as phase == TRAIN and follows
+        # .train() / .eval(), so eval mode is Caffe's TEST.
+        self.global_stats_setting = layer.attrs.use_global_stats
         self.maf = bp.moving_average_fraction
         self.eps = bp.eps
         for shape in layer.param_shapes:
