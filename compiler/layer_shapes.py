@@ -1121,3 +1121,117 @@ def lstm_unit_rule(layer, bottoms, context):
         raise _error(layer, f"gate input (bottom 1) must have 4 * H = {4 * hidden} channels "
                             f"(packed i, f, o, g), got {gates[2]}")
     return LayerShapes([c_prev, c_prev], [], 10 * count(c_prev))
+
+
+# ---------------------------------------------------------------------------------------------
+# SPP, Filter, BatchReindex, Im2col
+# ---------------------------------------------------------------------------------------------
+
+def spp_levels(layer, bottom):
+    """SPPLayer's pyramid on a 4-axis bottom: one (Pooling LayerParameter, LayerShapes) per level.
+
+    Level i pools 2^i x 2^i bins over the whole image (SPPLayer::GetPoolingParam): kernel
+    ceil(size / bins), pad (kernel * bins - size + 1) / 2, stride = kernel, the SPP's method.
+    Each level is checked and shaped by the Pooling rule itself, as Caffe sets up a PoolingLayer.
+    """
+    param = layer.spp_param
+    if len(bottom) != 4:
+        raise _error(layer, f"input must have 4 axes (num, channels, height, width), got "
+                            f"{_shape_text(bottom)}")
+    height, width = bottom[2], bottom[3]
+    if height <= 0 or width <= 0:
+        raise _error(layer, f"input dimensions cannot be zero, got {_shape_text(bottom)}")
+    if param.pyramid_height < 1:
+        raise _error(layer, "pyramid_height must be at least 1",
+                     hint="set spp_param { pyramid_height: ... }")
+    method = caffe_pb2.SPPParameter.PoolMethod.Name(param.pool)
+    levels = []
+    for level in range(param.pyramid_height):
+        bins = 2 ** level
+        kernel_h, kernel_w = -(-height // bins), -(-width // bins)
+        pooling = caffe_pb2.LayerParameter(name=layer.name, type="Pooling",
+                                           bottom=layer.bottom[:1], top=layer.top[:1])
+        pooling.pooling_param.pool = _POOL.PoolMethod.Value(method)
+        pooling.pooling_param.kernel_h, pooling.pooling_param.kernel_w = kernel_h, kernel_w
+        pooling.pooling_param.stride_h, pooling.pooling_param.stride_w = kernel_h, kernel_w
+        pooling.pooling_param.pad_h = (kernel_h * bins - height + 1) // 2
+        pooling.pooling_param.pad_w = (kernel_w * bins - width + 1) // 2
+        try:
+            shapes = pooling_rule(pooling, [tuple(bottom)], None)
+        except CompileError as error:
+            reason = error.message.removeprefix(f"Pooling layer '{layer.name}': ")
+            raise _error(layer, f"pyramid level {level} ({bins} x {bins} bins of the "
+                                f"{height} x {width} bottom): {reason}",
+                         hint="the bottom is too small for this pyramid_height") from None
+        levels.append((pooling, shapes))
+    return levels
+
+
+@shape_rule("SPP")
+def spp_rule(layer, bottoms, context):
+    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
+    levels = spp_levels(layer, bottoms[0])
+    flops = sum(shapes.flops for _, shapes in levels)
+    if len(levels) == 1:
+        return LayerShapes(levels[0][1].top_shapes, [], flops)   # the Pooling top, unflattened
+    # Each level is flattened to (N, C * bins_h * bins_w) and the levels joined on axis 1.
+    joined = sum(_span(shapes.top_shapes[0], 1) for _, shapes in levels)
+    return LayerShapes([(bottoms[0][0], joined)], [], flops)
+
+
+@shape_rule("Filter")
+def filter_rule(layer, bottoms, context):
+    """Tops: one per bottom but the last (the selector), keeping the rows whose selector value
+    is non-zero. How many that is depends on the selector's values: the compiled shape is
+    Caffe's set-up shape, all rows (FilterLayer's first Reshape), and the first axis of every
+    top holds the kept rows at run time."""
+    _expect_blobs(layer, bottoms, (2, None), (1, None))
+    if len(layer.top) != len(bottoms) - 1:
+        raise _error(layer, f"takes one top per filtered bottom (every bottom but the last, "
+                            f"the selector): {len(bottoms) - 1} for {len(bottoms)} bottoms, "
+                            f"got {len(layer.top)}")
+    selector = bottoms[-1]
+    _axis(layer, selector, 0, "selector axis")
+    if any(d != 1 for d in selector[1:]):
+        raise _error(layer, f"selector dimensions must be singletons (1), except the first: "
+                            f"the selector (last bottom) is {_shape_text(selector)}")
+    for i, bottom in enumerate(bottoms[:-1]):
+        if not bottom or bottom[0] != selector[0]:
+            raise _error(layer, f"each bottom should have the same 0th dimension as the "
+                                f"selector {_shape_text(selector)}: bottom {i} is "
+                                f"{_shape_text(bottom)}")
+    return LayerShapes(list(bottoms[:-1]))
+
+
+@shape_rule("BatchReindex")
+def batch_reindex_rule(layer, bottoms, context):
+    _expect_blobs(layer, bottoms, (2, 2), (1, 1))
+    data, index = bottoms
+    if len(index) != 1:
+        raise _error(layer, f"the index (bottom 1) must have exactly 1 axis, got "
+                            f"{_shape_text(index)}")
+    _axis(layer, data, 0, "batch axis")
+    return LayerShapes([index + data[1:]])
+
+
+def im2col_geometry(layer, bottom):
+    """Im2colLayer::LayerSetUp: (channel axis, kernel, stride, pad, dilation), read from
+    convolution_param as Convolution reads them."""
+    channel_axis = _axis(layer, bottom, layer.convolution_param.axis)
+    if len(bottom) - channel_axis - 1 < 1:
+        raise _error(layer, f"needs at least one spatial axis after the channel axis "
+                            f"{channel_axis} of {_shape_text(bottom)}")
+    return _conv_geometry(layer, bottom)
+
+
+@shape_rule("Im2col")
+def im2col_rule(layer, bottoms, context):
+    """Top: the bottom with its channel axis C made C * prod(kernel) (channel-major: column
+    c * prod(kernel) + kernel offset) and its spatial axes made Convolution's output sizes."""
+    _expect_blobs(layer, bottoms, (1, 1), (1, 1))
+    bottom = bottoms[0]
+    channel_axis, kernel, stride, pad, dilation = im2col_geometry(layer, bottom)
+    spatial = _conv_output_dims(layer, bottom[channel_axis + 1:], kernel, stride, pad, dilation,
+                                transposed=False)
+    top = bottom[:channel_axis] + (bottom[channel_axis] * math.prod(kernel), *spatial)
+    return LayerShapes([top])

@@ -324,3 +324,42 @@ class Softmax(CaffeLayer):
 
     def forward(self, x):
         return (F.softmax(x, dim=canonical_axis(self.axis, x.dim(), self.layer.name)),)
+
+
+@register("Filter")
+class Filter(CaffeLayer):
+    """filter_layer.cpp: keep the rows (axis 0) of every bottom but the last whose row in the
+    last bottom, the selector, is non-zero (NaN counts as non-zero, as in C++), in order.
+    The number of kept rows depends on the selector's values, so the tops' first axis varies
+    from call to call. Backward: kept rows get their top's gradient, the others zero; the
+    selector gets none."""
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        self.no_grad_bottoms = (len(layer.bottoms) - 1,)
+
+    def forward(self, *bottoms):
+        selector = bottoms[-1].detach()
+        kept = (selector.reshape(selector.shape[0]) != 0).nonzero().squeeze(1)
+        return tuple(bottom.index_select(0, kept) for bottom in bottoms[:-1])
+
+
+@register("BatchReindex")
+class BatchReindex(CaffeLayer):
+    """batch_reindex_layer.cpp: top row i is bottom row int(index[i]) (the index truncated
+    toward zero, as static_cast<int> does); an index must lie in [0, N). Backward adds each
+    top row's gradient into the bottom row it came from, so a repeated index accumulates; the
+    index gets no gradient."""
+
+    no_grad_bottoms = (1,)
+
+    def forward(self, x, index):
+        index = index.detach()
+        # The check reads values (a device sync, a graph break): compiled code goes without.
+        if not torch.compiler.is_compiling():
+            bad = ~((index >= 0) & (index < x.shape[0]))
+            if bool(bad.any()):
+                raise ValueError(f"layer {self.layer.name!r} (BatchReindex): index "
+                                 f"{index[bad][0].item():g} is outside [0, {x.shape[0]}), the "
+                                 f"rows of bottom 0")
+        return (x.index_select(0, index.to(torch.int64)),)
