@@ -32,6 +32,7 @@ without expose_hidden explicit: inputs "<layer>.h0" (and "<layer>.c0"), outputs 
 (and "<layer>.cT"), each (1, N, H), so decoding loops can carry state outside Python.
 """
 
+import copy
 import dataclasses
 import math
 import sys
@@ -251,7 +252,11 @@ def exportable_types():
 
 # Types whose layers can never be exported, and why.
 _UNEXPORTABLE = {"Python": "a Python layer runs arbitrary Python code, which an ONNX graph "
-                           "cannot hold (a Python data layer becomes a graph input instead)"}
+                           "cannot hold (a Python data layer becomes a graph input instead)",
+                 "Filter": "the number of rows it keeps depends on the selector's values; ONNX "
+                           "can select them (NonZero, then Gather), but the exporter declares "
+                           "every blob's shape from the compiled net, and the layers after a "
+                           "Filter would be written for all the rows"}
 
 
 def _unsupported(layer, reason, hint=None):
@@ -1128,6 +1133,60 @@ def _crop(ctx):
               [o + reference[a] for o, a in zip(unit.offsets, axes)], axes, out=ctx.outputs[0])
 
 
+def _spp_check(layer):
+    if layer.param.spp_param.pool == caffe_pb2.SPPParameter.STOCHASTIC and \
+            layer.phase == "TRAIN":
+        return "STOCHASTIC pooling in TRAIN samples at random; export the TEST phase"
+    return None
+
+
+@converter("SPP", check=_spp_check)
+def _spp(ctx):
+    """Each pyramid level through the Pooling converter (its unit is one of SPP's levels),
+    flattened to (N, C * bins) and concatenated on axis 1; one level stays unflattened."""
+    levels = ctx.unit.levels
+    flat = []
+    for i, level in enumerate(levels):
+        layer = copy.copy(level.layer)
+        layer.key = f"{ctx.key}/level{i}"
+        out = ctx.outputs[0] if len(levels) == 1 else ctx._temp(f"level{i}")
+        _pooling(_LayerExport(ctx.graph, layer, level, ctx.inputs, [out], ctx.dynamic, None,
+                              ctx.doc))
+        if len(levels) > 1:
+            shape = level.layer.top_shapes[0]
+            flat.append(ctx.reshape(out, (shape[0], math.prod(shape[1:])), ctx.bottom_axis(0),
+                                    label=f"flatten{i}"))
+    if flat:
+        ctx.op("Concat", flat, ctx.outputs[0], axis=1)
+
+
+@converter("Im2col", check=_conv_check)
+def _im2col(ctx):
+    """A grouped convolution with one-hot kernels: group c (input channel c) has one output
+    channel per kernel offset k, c * K + k, whose kernel is 1 at k: Caffe's channel-major
+    columns, zero padding included. Each output is one input times 1 plus the window's other
+    inputs times 0, so it is exact for finite inputs (an inf elsewhere in the window makes
+    NaN)."""
+    unit = ctx.unit
+    shape = ctx.bottom_shape(0)
+    channels, kernel_size = shape[unit.axis], math.prod(unit.kernel)
+    x = ctx.inputs[0]
+    folded = unit.axis != 1
+    if folded:
+        # Axes before `axis` are batch-like: one N axis for ONNX, restored afterwards.
+        axis = ctx.bottom_axis(0)
+        x = ctx.reshape(x, (math.prod(shape[:unit.axis]),) + tuple(shape[unit.axis:]),
+                        None if axis is None else 0, label="fold")
+    one_hot = np.eye(kernel_size, dtype=np.float32).reshape((kernel_size, 1) +
+                                                            tuple(unit.kernel))
+    weight = ctx.const("one_hot", np.tile(one_hot, (channels,) + (1,) * (one_hot.ndim - 1)))
+    y = ctx.op("Conv", [x, weight], None if folded else ctx.outputs[0],
+               kernel_shape=list(unit.kernel), strides=list(unit.stride),
+               pads=list(unit.pad) * 2, dilations=list(unit.dilation), group=channels)
+    if folded:
+        ctx.reshape_to_top(y, label="unfold")
+
+
 # ---------------------------------------------------------------------------------------------
 # Converters: structural layers
 
@@ -1140,6 +1199,15 @@ def _reshape(ctx):
 @converter("Parameter")
 def _parameter(ctx):
     ctx.identity(ctx.blob(0, "blob"), ctx.outputs[0])
+
+
+@converter("BatchReindex")
+def _batch_reindex(ctx):
+    """Gather on axis 0 at the index cast to int64 (Cast truncates toward zero, as Caffe's
+    static_cast<int> does). The net refuses an index outside [0, N); Gather counts one in
+    [-N, 0) from the end and refuses the rest."""
+    index = ctx.op("Cast", [ctx.inputs[1]], label="index", to=TensorProto.INT64)
+    ctx.op("Gather", [ctx.inputs[0], index], ctx.outputs[0], axis=0)
 
 
 @converter("Split")
@@ -1479,7 +1547,8 @@ _VALUE_PRESERVING = ("Reshape", "Flatten", "Split", "Slice", "Concat", "Dropout"
 
 def input_kinds(compiled):
     """{input blob: ("index", input_dim) | ("cont",) | ("real",)}, from how the net reads it:
-    an Embed bottom holds indices, an LSTM / RNN bottom 1 (LSTMUnit bottom 2) cont markers;
+    an Embed bottom holds indices (and a BatchReindex bottom 1, rows of its bottom 0), an
+    LSTM / RNN bottom 1 (LSTMUnit bottom 2) cont markers;
     Reshape, Slice, Concat, ... in between keep the role."""
     roles = {}
     for layer in compiled.layers:
@@ -1492,6 +1561,8 @@ def input_kinds(compiled):
             roles[layer.bottoms[1]] = ("cont",)
         elif layer.type == "LSTMUnit":
             roles[layer.bottoms[2]] = ("cont",)
+        elif layer.type == "BatchReindex":
+            roles[layer.bottoms[1]] = ("index", layer.bottom_shapes[0][0])
     for layer in reversed(compiled.layers):
         if layer.type not in _VALUE_PRESERVING:
             continue
