@@ -332,7 +332,7 @@ class Filter(CaffeLayer):
     last bottom, the selector, is non-zero (NaN counts as non-zero, as in C++), in order.
     The number of kept rows depends on the selector's values, so the tops' first axis varies
     from call to call. Backward: kept rows get their top's gradient, the others zero; the
-    selector gets none."""
+    selector gets none (Caffe aborts when asked to backpropagate to it; here it is cut)."""
 
     def __init__(self, layer, rng):
         super().__init__(layer, rng)
@@ -349,7 +349,7 @@ class BatchReindex(CaffeLayer):
     """batch_reindex_layer.cpp: top row i is bottom row int(index[i]) (the index truncated
     toward zero, as static_cast<int> does); an index must lie in [0, N). Backward adds each
     top row's gradient into the bottom row it came from, so a repeated index accumulates; the
-    index gets no gradient."""
+    index gets no gradient (Caffe aborts when asked for one; here it is cut)."""
 
     no_grad_bottoms = (1,)
 
