@@ -176,16 +176,21 @@ def test_batches_equal_caffes_loop(tmp_path, case):
         np.testing.assert_array_equal(out["data"].numpy(), expected_data)
 
 
-def test_background_first_then_foreground_and_dropped_windows_never_drawn(tmp_path):
+def test_background_first_then_foreground(tmp_path):
     write_fixture(tmp_path)
     net = build(tmp_path, batch_size=20, window="fg_fraction: 0.3")
-    labels = [net()["label"].numpy() for _ in range(4)]
-    for batch in labels:
-        assert (batch[:14] == 0).all()                 # 20 - int(20 * 0.3) background
-        assert set(batch[14:]) <= {1, 2, 3}             # the foreground windows' classes
-    # Class 5 (overlap 0.2) is background; classes of windows between the thresholds never
-    # appear, and every foreground class does eventually.
-    assert set(np.concatenate(labels)[14:]) | {0} >= {1, 2, 3}
+    labels = np.stack([net()["label"].numpy() for _ in range(4)])
+    # 20 - int(20 * 0.3) background windows (class 5 among them, relabelled 0), then the
+    # foreground windows' classes; class 2 at overlap 0.4 lies between the thresholds and is
+    # dropped, but class 2 at 0.55 is foreground.
+    assert (labels[:, :14] == 0).all()
+    assert set(labels[:, 14:].ravel()) == {1, 2, 3}
+
+
+def test_missing_window_file_is_located_at_the_layer(tmp_path):
+    with pytest.raises(CompileError) as caught:
+        build(tmp_path)
+    assert caught.value.line == 1 and "windows.txt" in caught.value.message
 
 
 def test_same_seed_same_batches_other_seed_other_batches(tmp_path):
