@@ -77,9 +77,12 @@ def test_forward_equals_caffes_pyramid(shape, pyramid, pool):
                                atol=1e-6)
 
 
-def test_top_is_n_by_channels_times_all_bins():
+def test_top_is_n_by_channels_times_all_bins_and_flops_are_the_levels():
+    compiled = build((2, 3, 16, 12), "pyramid_height: 3").compiled
     # Levels of 1, 4 and 16 bins over 3 channels.
-    assert build((2, 3, 16, 12), "pyramid_height: 3").compiled.blobs["y"] == (2, 63)
+    assert compiled.blobs["y"] == (2, 63)
+    # Kernels 16 x 12, 8 x 6 and 4 x 3: each level compares 192 values per channel and item.
+    assert compiled.layers[-1].flops == 3 * 2 * 3 * 192
 
 
 @pytest.mark.parametrize("pool", ["MAX", "AVE"])
