@@ -110,3 +110,36 @@ def test_caffes_refusals_are_located(shapes, tops, message):
     with pytest.raises(CompileError) as caught:
         build(shapes, tops)
     assert caught.value.line == 2 and message in caught.value.message
+
+
+MANY_TO_ONE = '''layer { name: "in" type: "Input" top: "x" top: "cont" top: "last" top: "label"
+  input_param { shape { dim: 3 dim: 2 dim: 4 } shape { dim: 3 dim: 2 } shape { dim: 6 }
+                shape { dim: 6 } } }
+layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+  recurrent_param { num_output: 5 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "rows" type: "Reshape" bottom: "h" top: "rows"
+  reshape_param { shape { dim: -1 dim: 5 } } }
+layer { name: "pick" type: "Filter" bottom: "rows" bottom: "label" bottom: "last"
+  top: "final" top: "final_label" }
+layer { name: "fc" type: "InnerProduct" bottom: "final" top: "scores"
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "scores" bottom: "final_label" top: "loss" }
+'''
+
+
+def test_many_to_one_sequence_loss_reads_the_last_step_only():
+    """LRCN's many-to-one use: the loss of the (T x N) LSTM outputs reads only the rows the
+    selector marks (the last step of each stream); the layers after Filter take its row count."""
+    net = Net(compiler.load_text(MANY_TO_ONE, "net", "m2o.prototxt"), phase="TRAIN")
+    feed = dict(x=torch.randn(3, 2, 4), cont=torch.tensor([[0.0, 0], [1, 1], [1, 1]]),
+                last=torch.tensor([0.0, 0, 0, 0, 1, 1]), label=torch.tensor([0.0, 1, 2, 0, 2, 1]))
+    loss = net(**feed).loss
+    net.run(feed, keep_all=True)
+    rows, final = net.blobs["rows"].data, net.blobs["final"].data
+    np.testing.assert_array_equal(final, rows[4:6])
+    fc = net.layer("fc")
+    scores = torch.from_numpy(final) @ fc.blobs[0].detach().t() + fc.blobs[1].detach()
+    expected = torch.nn.functional.cross_entropy(scores, torch.tensor([2, 1]))
+    torch.testing.assert_close(loss.detach(), expected)
+    loss.backward()
+    assert net.layer("lstm").blobs[0].grad.abs().sum() > 0
