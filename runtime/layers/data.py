@@ -749,8 +749,13 @@ class WindowData(DataLayer):
         self._encoded = {}
         if param.cache_images:
             for index, image in enumerate(self.windows.images):
-                with open(self._image_path(image), "rb") as handle:
-                    self._encoded[index] = handle.read()
+                path = self._image_path(image)
+                try:
+                    with open(path, "rb") as handle:
+                        self._encoded[index] = handle.read()
+                except OSError as error:
+                    raise CompileError(f"cannot read image {path}: {error.strerror}",
+                                       self.windows.path, image.line) from None
 
     def _image_path(self, image):
         return data_sources.listed_image_path("", image.path, _naming_file(self.layer),

@@ -262,7 +262,8 @@ def test_layer_exports_with_caffe_semantics(case):
 
 @pytest.mark.parametrize("opset", [ox.MIN_OPSET, 18, ox.MAX_OPSET])
 @pytest.mark.parametrize("case", ["mvn", "batchnorm_batch_stats", "reduction_mean_all",
-                                  "slice_points", "pool_ave_pad", "embed", "lstm_static"])
+                                  "slice_points", "pool_ave_pad", "embed", "lstm_static",
+                                  "spp", "im2col_3d_hw", "batch_reindex"])
 def test_opsets(case, opset):
     shapes, layers = LAYER_CASES[case]
     net = build(net_text(shapes, layers))
@@ -559,6 +560,10 @@ def test_cli_weights_become_initializers(tmp_path, capsys):
                       "inner_product_param { num_output: 4 }")
               + layer("norm", "MVN", ("ip",), ("norm",))), 5),
     (LM_NET, 4),
+    (net_text({"data": (2, 2, 7, 6)},
+              layer("cols", "Im2col", ("data",), ("cols",),
+                    "convolution_param { kernel_size: 3 stride: 2 pad: 1 }")
+              + layer("spp", "SPP", ("cols",), ("spp",), "spp_param { pyramid_height: 2 }")), 3),
 ])
 def test_cli_dynamic_batch(tmp_path, capsys, net_text_, batch):
     net_file = write(tmp_path, "net.prototxt", net_text_)
