@@ -35,13 +35,13 @@ def test_every_rule_of_this_module_is_registered():
     mine = {name for name in declared_types()
             if declaration(name).rule.__module__.startswith("compiler.layer_types.")}
     assert mine == {
-        "AbsVal", "Accuracy", "ArgMax", "BNLL", "BatchNorm", "Bias", "Clip", "Concat",
-        "ContrastiveLoss", "Convolution", "Crop", "Deconvolution", "Dropout", "ELU", "Eltwise",
-        "Embed", "EuclideanLoss", "Exp", "Flatten", "HingeLoss", "InfogainLoss", "InnerProduct",
-        "Input", "LRN", "LSTM", "LSTMUnit", "Log", "MVN", "MultinomialLogisticLoss", "PReLU",
-        "Parameter", "Pooling", "Power", "RNN", "ReLU", "Reduction", "Reshape", "Scale",
-        "Sigmoid", "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax", "SoftmaxWithLoss",
-        "Split", "Swish", "TanH", "Threshold", "Tile"}
+        "AbsVal", "Accuracy", "ArgMax", "BNLL", "BatchNorm", "BatchReindex", "Bias", "Clip",
+        "Concat", "ContrastiveLoss", "Convolution", "Crop", "Deconvolution", "Dropout", "ELU",
+        "Eltwise", "Embed", "EuclideanLoss", "Exp", "Filter", "Flatten", "HingeLoss", "Im2col",
+        "InfogainLoss", "InnerProduct", "Input", "LRN", "LSTM", "LSTMUnit", "Log", "MVN",
+        "MultinomialLogisticLoss", "PReLU", "Parameter", "Pooling", "Power", "RNN", "ReLU",
+        "Reduction", "Reshape", "SPP", "Scale", "Sigmoid", "SigmoidCrossEntropyLoss", "Silence",
+        "Slice", "Softmax", "SoftmaxWithLoss", "Split", "Swish", "TanH", "Threshold", "Tile"}
 
 
 # ---------------------------------------------------------------------------------------------
