@@ -238,6 +238,17 @@ def window_data_shapes(layer, bottom_shapes, context):
     if crop <= 0:
         raise CompileError("WindowData needs transform_param.crop_size > 0",
                            hint="every window is warped or cropped to crop_size x crop_size")
+    _required_source(param.source, layer, "window_data_param.source (the window file)")
+    if crop <= 2 * param.context_pad:
+        raise CompileError(f"context_pad ({param.context_pad}) leaves nothing of the "
+                           f"{crop} x {crop} crop for the window",
+                           hint="context_pad must be below crop_size / 2")
+    if not 0 <= param.fg_fraction <= 1:
+        raise CompileError(f"fg_fraction must be in [0, 1], got {param.fg_fraction:g}")
+    if param.crop_mode not in ("warp", "square"):
+        # Caffe takes any other word for "warp"; a misspelt "square" would go unnoticed.
+        raise CompileError(f"crop_mode must be \"warp\" or \"square\", got "
+                           f"\"{param.crop_mode}\"")
     check_transform(layer.transform_param, 3)
     return LayerShapes([(param.batch_size, 3, crop, crop), (param.batch_size,)])
 

@@ -35,6 +35,8 @@ _V1_SPECIAL = {"type", "param", "blob_share_mode", "blobs_lr", "weight_decay", "
 # Data layers whose old params carried the transformation fields (UpgradeNetDataTransformation).
 _TRANSFORM_FIELDS = ("scale", "mean_file", "crop_size", "mirror")
 _DATA_PARAMS_WITH_TRANSFORM = ("data_param", "image_data_param", "window_data_param")
+# WindowData reads window_data_param.scale itself (transform_param.scale plays no part in it).
+_LIVE_FIELDS = {("window_data_param", "scale")}
 
 
 def upgrade(message, document=None):
@@ -116,7 +118,7 @@ def _upgrade_data_transformation(net):
                 continue
             old = getattr(layer, name)
             for field in _TRANSFORM_FIELDS:
-                if old.HasField(field):
+                if old.HasField(field) and (name, field) not in _LIVE_FIELDS:
                     setattr(layer.transform_param, field, getattr(old, field))
                     old.ClearField(field)
 

@@ -9,10 +9,7 @@ from runtime.layers.registry import register, registered_types, unit_for
 
 # Declared types whose runtime unit is still missing, each with the work that adds it. A type
 # leaves this table when its unit lands; a new entry needs a reason as specific as these.
-UNITS_PENDING = {
-    "WindowData": "issue 15, item 4: the WindowData unit is being added with the other "
-                  "four missing BVLC types",
-}
+UNITS_PENDING = {}
 
 
 @pytest.mark.parametrize("type_name", sorted(declared_types()))

@@ -10,12 +10,13 @@ runs (compiler.shapes.infer_layer).
 FLOP convention (LayerShapes.flops, forward pass only, a count of float operations):
 - A multiply-add is 2 FLOPs. Every other arithmetic operation, comparison, and elementary function
   (exp, log, tanh, pow) is 1 FLOP per element it produces. Pure data movement (Reshape, Flatten,
-  Split, Concat, Slice, Crop, Tile, Silence, Input, Parameter, an Embed lookup, Dropout at TEST)
-  is 0.
+  Split, Concat, Slice, Crop, Tile, Silence, Input, Parameter, an Embed lookup, Dropout at TEST,
+  Filter, BatchReindex, Im2col) is 0.
 - Convolution: 2 * (C / group) * prod(kernel) per output element, + 1 per output for the bias.
   Deconvolution: 2 * (num_output / group) * prod(kernel) per input element, + 1 per output.
 - InnerProduct: 2 * M * K * N (+ M * N for the bias). Embed: M * N for the bias only.
-- Pooling: prod(kernel) per output element (a compare or an add per window element).
+- Pooling: prod(kernel) per output element (a compare or an add per window element); SPP: the
+  sum over its pyramid's Pooling levels.
 - LRN: local_size (ACROSS_CHANNELS) or local_size^2 (WITHIN_CHANNEL) + 5 per element.
 - Elementwise layers: the operations in Caffe's formula, per element (stated in each rule).
 - Softmax: 3 per element (exp, sum, divide). Loss layers: their elementwise work plus softmax

@@ -257,6 +257,54 @@ def eltwise_rule(layer, bottoms, context):
 # Softmax, ArgMax, Reduction
 # ---------------------------------------------------------------------------------------------
 
+# ---------------------------------------------------------------------------------------------
+# Row selection: Filter (filter_layer.cpp), BatchReindex (batch_reindex_layer.cpp)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FilterAttrs:
+    num_filtered: int        # the bottoms filtered; bottom num_filtered is the selector
+
+
+@declare("Filter", counts=BlobCounts(2, None, 1, None))
+def filter_rule(layer, bottoms, context):
+    """Tops: one per bottom but the last (the selector), keeping the rows whose selector value
+    is non-zero. How many that is depends on the selector's values: the compiled shape is
+    Caffe's set-up shape, all rows (FilterLayer's first Reshape), and the first axis of every
+    top holds the kept rows at run time. FLOPs: 0 (data movement)."""
+    if len(layer.top) != len(bottoms) - 1:
+        raise _error(layer, f"takes one top per filtered bottom (every bottom but the last, "
+                            f"the selector): {len(bottoms) - 1} for {len(bottoms)} bottoms, "
+                            f"got {len(layer.top)}")
+    selector = bottoms[-1]
+    _axis(layer, selector, 0, "selector axis")
+    if any(d != 1 for d in selector[1:]):
+        raise _error(layer, f"selector dimensions must be singletons (1), except the first: "
+                            f"the selector (last bottom) is {_shape_text(selector)}")
+    for i, bottom in enumerate(bottoms[:-1]):
+        if not bottom or bottom[0] != selector[0]:
+            raise _error(layer, f"each bottom should have the same 0th dimension as the "
+                                f"selector {_shape_text(selector)}: bottom {i} is "
+                                f"{_shape_text(bottom)}")
+    return LayerShapes(list(bottoms[:-1]), [], 0, FilterAttrs(len(bottoms) - 1))
+
+
+@dataclass(frozen=True)
+class BatchReindexAttrs:
+    num_rows: int            # rows of bottom 0: an index must lie in [0, num_rows)
+
+
+@declare("BatchReindex", counts=fixed(2, 1))
+def batch_reindex_rule(layer, bottoms, context):
+    """FLOPs: 0 (data movement)."""
+    data, index = bottoms
+    if len(index) != 1:
+        raise _error(layer, f"the index (bottom 1) must have exactly 1 axis, got "
+                            f"{_shape_text(index)}")
+    _axis(layer, data, 0, "batch axis")
+    return LayerShapes([index + data[1:]], [], 0, BatchReindexAttrs(data[0]))
+
+
 @declare("Softmax", counts=ONE_IN_ONE_OUT)
 def softmax_rule(layer, bottoms, context):
     axis = _axis(layer, bottoms[0], layer.softmax_param.axis)

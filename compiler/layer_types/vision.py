@@ -1,11 +1,12 @@
 """Declarations of the vision and parameterised layers: Convolution, Deconvolution, Pooling,
-LRN, InnerProduct, Embed, Scale, Bias, BatchNorm, MVN."""
+SPP, Im2col, LRN, InnerProduct, Embed, Scale, Bias, BatchNorm, MVN."""
 
 import math
 from dataclasses import dataclass
 
 from lrcn_proto import caffe_pb2
 
+from ..errors import CompileError
 from ..shapes import LayerShapes, count
 from . import (FROZEN_BLOBS, ONE_IN_ONE_OUT, TIME_MAJOR_FROM_AXIS_2, TIME_MAJOR_PASSTHROUGH,
                BlobCounts, declare)
@@ -270,6 +271,106 @@ def pooling_rule(layer, bottoms, context):
                                            zip(out, kernel, stride, pad, (height, width))),
                          len(layer.top) > 1)
     return LayerShapes([top] * len(layer.top), [], count(top) * kernel[0] * kernel[1], attrs)
+
+
+# ---------------------------------------------------------------------------------------------
+# SPP (spp_layer.cpp) and Im2col (im2col_layer.cpp)
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SPPLevel:
+    """One pyramid level: the Pooling it is, resolved as a Pooling layer's attrs, and its top."""
+    pooling: PoolingAttrs
+    top_shape: tuple
+
+
+@dataclass(frozen=True)
+class SPPAttrs:
+    levels: tuple            # SPPLevel per level, level i pooling 2^i x 2^i bins
+
+
+def spp_levels(layer, bottom):
+    """SPPLayer's pyramid on a 4-axis bottom: one (PoolingAttrs, LayerShapes) per level.
+
+    Level i pools 2^i x 2^i bins over the whole image (SPPLayer::GetPoolingParam): kernel
+    ceil(size / bins), pad (kernel * bins - size + 1) / 2, stride = kernel, the SPP's method.
+    Each level is checked and shaped by the Pooling rule itself, as Caffe sets up a PoolingLayer.
+    """
+    param = layer.spp_param
+    if len(bottom) != 4:
+        raise _error(layer, f"input must have 4 axes (num, channels, height, width), got "
+                            f"{_shape_text(bottom)}")
+    height, width = bottom[2], bottom[3]
+    if height <= 0 or width <= 0:
+        raise _error(layer, f"input dimensions cannot be zero, got {_shape_text(bottom)}")
+    if param.pyramid_height < 1:
+        raise _error(layer, "pyramid_height must be at least 1",
+                     hint="set spp_param { pyramid_height: ... }")
+    method = caffe_pb2.SPPParameter.PoolMethod.Name(param.pool)
+    levels = []
+    for level in range(param.pyramid_height):
+        bins = 2 ** level
+        kernel_h, kernel_w = -(-height // bins), -(-width // bins)
+        pooling = caffe_pb2.LayerParameter(name=layer.name, type="Pooling",
+                                           bottom=layer.bottom[:1], top=layer.top[:1])
+        pooling.pooling_param.pool = _POOL.PoolMethod.Value(method)
+        pooling.pooling_param.kernel_h, pooling.pooling_param.kernel_w = kernel_h, kernel_w
+        pooling.pooling_param.stride_h, pooling.pooling_param.stride_w = kernel_h, kernel_w
+        pooling.pooling_param.pad_h = (kernel_h * bins - height + 1) // 2
+        pooling.pooling_param.pad_w = (kernel_w * bins - width + 1) // 2
+        try:
+            shapes = pooling_rule(pooling, [tuple(bottom)], None)
+        except CompileError as error:
+            reason = error.message.removeprefix(f"Pooling layer '{layer.name}': ")
+            raise _error(layer, f"pyramid level {level} ({bins} x {bins} bins of the "
+                                f"{height} x {width} bottom): {reason}",
+                         hint="the bottom is too small for this pyramid_height") from None
+        levels.append(shapes)
+    return levels
+
+
+@declare("SPP", counts=ONE_IN_ONE_OUT)
+def spp_rule(layer, bottoms, context):
+    """FLOPs: the sum of its Pooling levels'."""
+    levels = spp_levels(layer, bottoms[0])
+    flops = sum(shapes.flops for shapes in levels)
+    attrs = SPPAttrs(tuple(SPPLevel(shapes.attrs, tuple(shapes.top_shapes[0]))
+                           for shapes in levels))
+    if len(levels) == 1:
+        return LayerShapes(levels[0].top_shapes, [], flops, attrs)   # the Pooling top as is
+    # Each level is flattened to (N, C * bins_h * bins_w) and the levels joined on axis 1.
+    joined = sum(_span(shapes.top_shapes[0], 1) for shapes in levels)
+    return LayerShapes([(bottoms[0][0], joined)], [], flops, attrs)
+
+
+@dataclass(frozen=True)
+class Im2colAttrs:
+    """Im2colLayer::LayerSetUp's geometry, resolved as Convolution resolves it."""
+    axis: int                # the channel axis (canonical); axes before it are batch-like
+    kernel: tuple            # one value per spatial axis
+    stride: tuple
+    pad: tuple
+    dilation: tuple
+    output_size: tuple       # the convolution's output positions per spatial axis
+
+
+@declare("Im2col", counts=ONE_IN_ONE_OUT)
+def im2col_rule(layer, bottoms, context):
+    """Top: the bottom with its channel axis C made C * prod(kernel) (channel-major: column
+    c * prod(kernel) + kernel offset) and its spatial axes made Convolution's output sizes.
+    FLOPs: 0 (data movement)."""
+    bottom = bottoms[0]
+    channel_axis = _axis(layer, bottom, layer.convolution_param.axis)
+    if len(bottom) - channel_axis - 1 < 1:
+        raise _error(layer, f"needs at least one spatial axis after the channel axis "
+                            f"{channel_axis} of {_shape_text(bottom)}")
+    channel_axis, kernel, stride, pad, dilation = _conv_geometry(layer, bottom)
+    spatial = _conv_output_dims(layer, bottom[channel_axis + 1:], kernel, stride, pad, dilation,
+                                transposed=False)
+    top = bottom[:channel_axis] + (bottom[channel_axis] * math.prod(kernel), *spatial)
+    attrs = Im2colAttrs(channel_axis, tuple(kernel), tuple(stride), tuple(pad),
+                        tuple(dilation), tuple(spatial))
+    return LayerShapes([top], [], 0, attrs)
 
 
 @declare("LRN", counts=ONE_IN_ONE_OUT)

@@ -1,4 +1,5 @@
-"""Data layer units: HDF5Data, HDF5Output, ImageData, Data (LMDB), DummyData, MemoryData.
+"""Data layer units: HDF5Data, HDF5Output, ImageData, Data (LMDB), DummyData, MemoryData,
+WindowData.
 
 Data units take no bottoms; `forward()` returns their tops as CPU float32 tensors (the Net
 moves them to its device) and `top_shapes()` reports the shapes (the compiled ones, or, where
@@ -9,13 +10,12 @@ order follows Caffe exactly (list order, wrap-around, rand_skip, per-epoch shuff
 random numbers themselves come from numpy (Caffe's boost generator is not reproduced).
 
 The Python layer unit lives in runtime/python_layer.py and is registered by importing it here.
-WindowData has a shape rule but no unit (R-CNN's window sampler is not part of LRCN): the Net
-reports it as a type the runtime does not support.
 """
 
 import collections
 import logging
 import threading
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -29,7 +29,8 @@ from runtime import python_layer  # noqa: F401  (registers the "Python" unit)
 from runtime.fillers import fill_
 from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
-from runtime.transform import DataTransformer, decode_image, read_image
+from runtime.transform import (DataTransformer, decode_image, load_mean_file, read_image,
+                               resize_bilinear)
 
 log = logging.getLogger("lrcn.data")
 
@@ -600,3 +601,249 @@ class MemoryData(CaffeLayer):
 
     def top_shapes(self):
         return [tuple(s) for s in self.shapes]
+
+
+# --- WindowData (R-CNN's window sampler) ---------------------------------------------------
+
+@dataclass(frozen=True)
+class _Window:
+    image: int            # index of the image in the window file
+    label: int            # 0 for a background window
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+    line: int             # where the window file states it
+
+
+@dataclass(frozen=True)
+class _WindowImage:
+    path: str             # root_folder + the path written, as Caffe joins them
+    line: int
+
+
+def _c_round(value):
+    """C's round() on a float: halves away from zero (numpy's round goes to even)."""
+    return int(np.sign(value) * np.floor(np.abs(np.float64(value)) + 0.5))
+
+
+class _WindowFile:
+    """window_data_layer.cpp's window file: repeated `# image_index`, image path, channels,
+    height, width, num_windows, then num_windows lines `class overlap x1 y1 x2 y2` (pixels,
+    inclusive). Windows with overlap >= fg_threshold are foreground (class > 0); those below
+    bg_threshold background (class and overlap forced to 0); the rest are dropped. Read as
+    C++'s >> reads it (tokens separated by any white space); every error names the line."""
+
+    def __init__(self, path, param):
+        self.path = path
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise CompileError(f"cannot read window file {path}: {error}", path) from None
+        self._tokens = [(token, number) for number, line in enumerate(text.splitlines(), 1)
+                        for token in line.split()]
+        self._next = 0
+        if not self._tokens:
+            raise CompileError(f"window file {path} is empty", path,
+                               hint="it lists '# image_index', path, channels, height, "
+                                    "width, num_windows, then one line per window")
+        self.images, self.foreground, self.background = [], [], []
+        while self._next < len(self._tokens):
+            self._read_image(param)
+        for windows, which, rule in ((self.foreground, "foreground", f">= fg_threshold "
+                                      f"{param.fg_threshold:g}"),
+                                     (self.background, "background", f"< bg_threshold "
+                                      f"{param.bg_threshold:g}")):
+            if not windows:
+                raise CompileError(f"window file {path} has no {which} window (overlap "
+                                   f"{rule}); every batch samples from both", path)
+
+    def _take(self, what, convert=str):
+        if self._next >= len(self._tokens):
+            line = self._tokens[-1][1]
+            raise CompileError(f"window file ends where {what} was expected", self.path, line)
+        token, line = self._tokens[self._next]
+        self._next += 1
+        try:
+            return convert(token), line
+        except ValueError:
+            kind = {int: "an integer", float: "a number"}[convert]
+            raise CompileError(f"{what} must be {kind}, got {token!r}", self.path,
+                               line) from None
+
+    def _read_image(self, param):
+        hashtag, line = self._take("'#'")
+        if hashtag != "#":
+            raise CompileError(f"expected '# image_index' to start an image, got {hashtag!r}",
+                               self.path, line)
+        index, line = self._take("the image index", int)
+        if index != len(self.images):
+            # Caffe looks a window's image up by this number, in file order.
+            raise CompileError(f"image index {index} should be {len(self.images)}: images are "
+                               "numbered 0, 1, 2, ... in file order", self.path, line)
+        name, line = self._take("the image path")
+        image = _WindowImage(param.root_folder + name, line)
+        channels, line = self._take("the image's channels", int)
+        if channels != 3:
+            raise CompileError(f"channels must be 3, got {channels}: WindowData reads every "
+                               "image in colour (BGR)", self.path, line)
+        self._take("the image's height", int)
+        self._take("the image's width", int)
+        count, line = self._take("num_windows", int)
+        if count < 0:
+            raise CompileError(f"num_windows must not be negative, got {count}", self.path, line)
+        self.images.append(image)
+        for _ in range(count):
+            self._read_window(index, param)
+
+    def _read_window(self, image, param):
+        label, line = self._take("the window's class", int)
+        overlap, _ = self._take("the window's overlap", float)
+        x1, y1, x2, y2 = (self._take(f"the window's {name}", int)[0]
+                          for name in ("x1", "y1", "x2", "y2"))
+        if x2 < x1 or y2 < y1:
+            raise CompileError(f"window ({x1}, {y1}, {x2}, {y2}) is empty: x2 must be at least "
+                               "x1 and y2 at least y1", self.path, line)
+        if overlap >= param.fg_threshold:
+            if label <= 0:
+                raise CompileError(f"a foreground window (overlap {overlap:g} >= fg_threshold "
+                                   f"{param.fg_threshold:g}) needs a class above 0, got "
+                                   f"{label}", self.path, line)
+            self.foreground.append(_Window(image, label, x1, y1, x2, y2, line))
+        elif overlap < param.bg_threshold:
+            self.background.append(_Window(image, 0, x1, y1, x2, y2, line))
+
+
+@register("WindowData")
+class WindowData(DataLayer):
+    """window_data_layer.cpp: each batch is batch_size - int(batch_size * fg_fraction)
+    background windows, then the foreground ones, each drawn uniformly from its list (with
+    replacement); the window, grown by context_pad (and to a square for crop_mode "square"),
+    is cut from its image (clipped to the image, the clipped part kept as zero padding), warped
+    to crop_size x crop_size by bilinear resize, mirrored at random when transform_param.mirror
+    (in either phase, as Caffe does), and stored as (pixel - mean) * window_data_param.scale;
+    tops data (batch, 3, crop, crop) and label (batch,). transform_param gives crop_size,
+    mirror, mean_file / mean_value; its other fields play no part, as in Caffe. The draws come
+    from a generator seeded by (net seed, layer, batch index), in Caffe's order: window, then
+    mirror coin."""
+
+    def __init__(self, layer, rng=None):
+        super().__init__(layer, rng)
+        param = self.param.window_data_param
+        file, line, col = self._where()
+        self.settings = param
+        transform = self.param.transform_param
+        self.crop, self.mirror = transform.crop_size, transform.mirror
+        self.windows = _WindowFile(self._source(param.source, "window file"), param)
+        self.mean, self.mean_offset, self.mean_is_image = None, 0, False
+        if transform.HasField("mean_file"):
+            self.mean_is_image = True
+            self.mean = load_mean_file(transform.mean_file, file, (file, line, col))
+            _, height, width = self.mean.shape
+            self.mean_offset = int((width - self.crop) / 2)   # C++ division; from the width
+            if width < self.crop or height < self.mean_offset + self.crop:
+                raise CompileError(f"the mean file's {height} x {width} image is smaller than "
+                                   f"the {self.crop} x {self.crop} crop", file, line, col)
+        elif len(transform.mean_value):
+            self.mean = np.asarray(list(transform.mean_value) * (3 // len(transform.mean_value)),
+                                   np.float32)[:, None, None]
+        self._encoded = {}
+        if param.cache_images:
+            for index, image in enumerate(self.windows.images):
+                path = self._image_path(image)
+                try:
+                    with open(path, "rb") as handle:
+                        self._encoded[index] = handle.read()
+                except OSError as error:
+                    raise CompileError(f"cannot read image {path}: {error.strerror}",
+                                       self.windows.path, image.line) from None
+
+    def _image_path(self, image):
+        return data_sources.listed_image_path("", image.path, _naming_file(self.layer),
+                                              self.windows.path, image.line)
+
+    def _image(self, window):
+        image = self.windows.images[window.image]
+        where = (self.windows.path, image.line)
+        source = self._encoded.get(window.image) or self._image_path(image)
+        return decode_image(source, True, where)
+
+    def load_batch(self, index):
+        rng = prefetch.batch_rng(self.seed, _BATCH, index)
+        size = self.settings.batch_size
+        data = np.zeros((size, 3, self.crop, self.crop), np.float32)
+        labels = np.empty(size, np.float32)
+        foreground = int(np.float32(size) * np.float32(self.settings.fg_fraction))
+        item = 0
+        for windows, count in ((self.windows.background, size - foreground),
+                               (self.windows.foreground, foreground)):
+            for _ in range(count):
+                window = windows[int(rng.integers(2 ** 32)) % len(windows)]
+                mirror = self.mirror and int(rng.integers(2 ** 32)) % 2 == 1
+                self._paste(window, mirror, data[item])
+                labels[item] = window.label
+                item += 1
+        return data, labels
+
+    def _region(self, window, rows, cols, mirror):
+        """WindowDataLayer::load_batch's geometry, in its float arithmetic: the image region
+        (x1, y1, x2, y2) to cut, the size (height, width) to warp it to and where in the crop
+        it goes (pad_h, pad_w)."""
+        crop, context = self.crop, self.settings.context_pad
+        x1, y1, x2, y2 = window.x1, window.y1, window.x2, window.y2
+        if context == 0 and self.settings.crop_mode != "square":
+            if x1 < 0 or y1 < 0 or x2 >= cols or y2 >= rows:
+                raise CompileError(f"window ({x1}, {y1}, {x2}, {y2}) lies outside its "
+                                   f"{cols} x {rows} image", self.windows.path, window.line)
+            return (x1, y1, x2, y2), (crop, crop), (0, 0)
+        f32 = np.float32
+        context_scale = f32(crop) / f32(crop - 2 * context)
+        half_height, half_width = f32(y2 - y1 + 1) / f32(2), f32(x2 - x1 + 1) / f32(2)
+        center_x, center_y = f32(x1) + half_width, f32(y1) + half_height
+        if self.settings.crop_mode == "square":
+            half_height = half_width = max(half_height, half_width)
+        x1 = _c_round(center_x - half_width * context_scale)
+        x2 = _c_round(center_x + half_width * context_scale)
+        y1 = _c_round(center_y - half_height * context_scale)
+        y2 = _c_round(center_y + half_height * context_scale)
+        unclipped_height, unclipped_width = y2 - y1 + 1, x2 - x1 + 1
+        pad_x1, pad_y1 = max(0, -x1), max(0, -y1)
+        pad_x2, pad_y2 = max(0, x2 - cols + 1), max(0, y2 - rows + 1)
+        x1, x2, y1, y2 = x1 + pad_x1, x2 - pad_x2, y1 + pad_y1, y2 - pad_y2
+        if x1 > x2 or y1 > y2:
+            raise CompileError(f"window ({window.x1}, {window.y1}, {window.x2}, {window.y2}) "
+                               f"lies outside its {cols} x {rows} image", self.windows.path,
+                               window.line)
+        scale_x, scale_y = f32(crop) / f32(unclipped_width), f32(crop) / f32(unclipped_height)
+        width = _c_round(f32(x2 - x1 + 1) * scale_x)
+        height = _c_round(f32(y2 - y1 + 1) * scale_y)
+        pad_h = _c_round(f32(pad_y1) * scale_y)
+        # Mirroring mirrors the padding too.
+        pad_w = _c_round(f32(pad_x2 if mirror else pad_x1) * scale_x)
+        # Rounding may push the warped region past the crop.
+        height, width = min(height, crop - pad_h), min(width, crop - pad_w)
+        if height <= 0 or width <= 0:
+            raise CompileError(f"window ({window.x1}, {window.y1}, {window.x2}, {window.y2}) "
+                               "keeps no pixel of its image once warped", self.windows.path,
+                               window.line)
+        return (x1, y1, x2, y2), (height, width), (pad_h, pad_w)
+
+    def _paste(self, window, mirror, out):
+        image = self._image(window)
+        (x1, y1, x2, y2), (height, width), (pad_h, pad_w) = self._region(
+            window, image.shape[0], image.shape[1], mirror)
+        patch = resize_bilinear(np.ascontiguousarray(image[y1:y2 + 1, x1:x2 + 1]), height,
+                                width)
+        if mirror:
+            patch = patch[:, ::-1]
+        pixels = patch.transpose(2, 0, 1).astype(np.float32)
+        if self.mean_is_image:
+            # Caffe reads the mean at the pixel's place in the crop, offset to the mean's
+            # centre, without mirroring it.
+            top, left = self.mean_offset + pad_h, self.mean_offset + pad_w
+            pixels -= self.mean[:, top:top + height, left:left + width]
+        elif self.mean is not None:
+            pixels -= self.mean
+        out[:, pad_h:pad_h + height, pad_w:pad_w + width] = pixels * np.float32(
+            self.settings.scale)

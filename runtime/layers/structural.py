@@ -272,3 +272,46 @@ class Softmax(CaffeLayer):
 
     def forward(self, x):
         return (F.softmax(x, dim=self.axis),)
+
+
+
+@register("Filter")
+class Filter(CaffeLayer):
+    """filter_layer.cpp: keep the rows (axis 0) of every bottom but the last whose row in the
+    last bottom, the selector, is non-zero (NaN counts as non-zero, as in C++), in order.
+    The number of kept rows depends on the selector's values, so the tops' first axis varies
+    from call to call. Backward: kept rows get their top's gradient, the others zero; the
+    selector gets none (Caffe aborts when asked to backpropagate to it; here it is cut)."""
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        # The selector is the bottom after the filtered ones (FilterAttrs).
+        self.no_grad_bottoms = (layer.attrs.num_filtered,)
+
+    def forward(self, *bottoms):
+        selector = bottoms[-1].detach()
+        kept = (selector.reshape(selector.shape[0]) != 0).nonzero().squeeze(1)
+        return tuple(bottom.index_select(0, kept) for bottom in bottoms[:-1])
+
+
+@register("BatchReindex")
+class BatchReindex(CaffeLayer):
+    """batch_reindex_layer.cpp: top row i is bottom row int(index[i]) (the index truncated
+    toward zero, as static_cast<int> does); an index must lie in [0, N). Backward adds each
+    top row's gradient into the bottom row it came from, so a repeated index accumulates; the
+    index gets no gradient (Caffe aborts when asked for one; here it is cut)."""
+
+    no_grad_bottoms = (1,)
+
+    def forward(self, x, index):
+        index = index.detach()
+        # The check reads values (a device sync, a graph break): compiled code goes without.
+        if not torch.compiler.is_compiling():
+            # The rows this call has (a net run at another batch size than compiled has
+            # other rows than BatchReindexAttrs.num_rows).
+            rows = x.shape[0]
+            bad = ~((index >= 0) & (index < rows))
+            if bool(bad.any()):
+                raise LayerError(self.layer, f"index {index[bad][0].item():g} is outside "
+                                             f"[0, {rows}), the rows of bottom 0")
+        return (x.index_select(0, index.to(torch.int64)),)

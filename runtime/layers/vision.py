@@ -1,5 +1,5 @@
 """Vision and parameterised layers: Convolution, Deconvolution, Pooling, LRN, InnerProduct,
-Embed, BatchNorm, Scale, Bias, MVN, Crop.
+Embed, BatchNorm, Scale, Bias, MVN, Crop, SPP, Im2col.
 
 Each unit follows the BVLC Caffe layer of the same name (src/caffe/layers/*_layer.cpp) where
 it and the nearest PyTorch function disagree. Blob shapes come from the compiler
@@ -7,6 +7,8 @@ it and the nearest PyTorch function disagree. Blob shapes come from the compiler
 rule. Everything is device-agnostic: blobs are made on the CPU and the Net moves them.
 """
 
+import copy
+import itertools
 import math
 
 import torch
@@ -512,3 +514,61 @@ class Crop(CaffeLayer):
                                              f"exceeds {x.shape[axis]}")
             index.append(slice(offset, offset + size))
         return (x[tuple(index)],)
+
+
+# --------------------------------------------------------------------------- SPP
+
+
+@register("SPP")
+class SPP(CaffeLayer):
+    """spp_layer.cpp: one Pooling unit per pyramid level (SPPAttrs.levels gives each level's
+    resolved Pooling attrs and output), each flattened to (N, C * bins) and concatenated
+    on axis 1; a pyramid of height 1 is its single Pooling, unflattened. Autograd sums the
+    levels' gradients into the bottom, as Caffe's Split layer does."""
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        levels = []
+        for spp_level in layer.attrs.levels:
+            # Each level is a Pooling unit built from the level's resolved Pooling attrs.
+            level = copy.copy(layer)
+            level.type, level.attrs = "Pooling", spp_level.pooling
+            level.top_shapes = [spp_level.top_shape]
+            levels.append(Pooling(level, self.rng))
+        self.levels = torch.nn.ModuleList(levels)
+
+    def forward(self, x):
+        if len(self.levels) == 1:
+            return self.levels[0](x)
+        return (torch.cat([level(x)[0].flatten(1) for level in self.levels], dim=1),)
+
+
+# --------------------------------------------------------------------------- Im2col
+
+
+@register("Im2col")
+class Im2col(CaffeLayer):
+    """im2col_layer.cpp: the columns a convolution multiplies, as a blob. Channel c and kernel
+    offset k (row-major over the kernel's axes) give top channel c * prod(kernel) + k; the
+    spatial axes are the convolution's output positions; zero padding. The same layout in any
+    number of spatial axes (Caffe's im2col_cpu and im2col_nd_cpu agree). Backward, through
+    autograd, is col2im: every column entry's gradient added to the pixel it was read from."""
+
+    def __init__(self, layer, rng):
+        super().__init__(layer, rng)
+        attrs = layer.attrs
+        self.axis, self.kernel, self.stride = attrs.axis, attrs.kernel, attrs.stride
+        self.pad, self.dilation, self.out_size = attrs.pad, attrs.dilation, attrs.output_size
+
+    def forward(self, x):
+        outer, channels = tuple(x.shape[:self.axis]), x.shape[self.axis]
+        x = x.reshape((-1, channels) + tuple(x.shape[self.axis + 1:]))
+        # F.pad lists the last axis first.
+        padded = F.pad(x, [p for p in reversed(self.pad) for _ in range(2)])
+        columns = []
+        for offset in itertools.product(*(range(k) for k in self.kernel)):
+            window = tuple(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in
+                           zip(offset, self.dilation, self.stride, self.out_size))
+            columns.append(padded[(slice(None), slice(None)) + window])
+        cols = torch.stack(columns, dim=2)          # (M, C, prod(kernel), *out_size)
+        return (cols.reshape(outer + (channels * len(columns),) + self.out_size),)

@@ -40,7 +40,11 @@ def exportable_types():
 
 # Types whose layers can never be exported, and why.
 _UNEXPORTABLE = {"Python": "a Python layer runs arbitrary Python code, which an ONNX graph "
-                           "cannot hold (a Python data layer becomes a graph input instead)"}
+                           "cannot hold (a Python data layer becomes a graph input instead)",
+                 "Filter": "the number of rows it keeps depends on the selector's values; ONNX "
+                           "can select them (NonZero, then Gather), but the exporter declares "
+                           "every blob's shape from the compiled net, and the layers after a "
+                           "Filter would be written for all the rows"}
 
 # Types with no converter because the deployable net never holds them (see deployable()).
 _NOT_DEPLOYED = ((DATA, "a data layer becomes a graph input"),

@@ -21,6 +21,15 @@ def _parameter(ctx):
     ctx.identity(ctx.blob(0, "blob"), ctx.outputs[0])
 
 
+@converter("BatchReindex")
+def _batch_reindex(ctx):
+    """Gather on axis 0 at the index cast to int64 (Cast truncates toward zero, as Caffe's
+    static_cast<int> does). The net refuses an index outside [0, N); Gather counts one in
+    [-N, 0) from the end and refuses the rest."""
+    index = ctx.op("Cast", [ctx.inputs[1]], label="index", to=TensorProto.INT64)
+    ctx.op("Gather", [ctx.inputs[0], index], ctx.outputs[0], axis=0)
+
+
 @converter("Split")
 def _split(ctx):
     for out in ctx.outputs:

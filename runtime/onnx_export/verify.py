@@ -22,7 +22,8 @@ RTOL = 1e-4
 
 def input_kinds(compiled):
     """{input blob: ("index", input_dim) | ("cont",) | ("real",)}, from how the net reads it:
-    an Embed bottom holds indices, an LSTM / RNN bottom 1 (LSTMUnit bottom 2) cont markers;
+    an Embed bottom holds indices (and a BatchReindex bottom 1, rows of its bottom 0), an
+    LSTM / RNN bottom 1 (LSTMUnit bottom 2) cont markers;
     Reshape, Slice, Concat, ... in between keep the role."""
     roles = {}
     for layer in compiled.layers:
@@ -35,6 +36,8 @@ def input_kinds(compiled):
             roles[layer.bottoms[1]] = ("cont",)
         elif layer.type == "LSTMUnit":
             roles[layer.bottoms[2]] = ("cont",)
+        elif layer.type == "BatchReindex":
+            roles[layer.bottoms[1]] = ("index", layer.attrs.num_rows)
     for layer in reversed(compiled.layers):
         # Through these a blob keeps its role (indices, cont markers) unchanged in value.
         if not has_trait(layer.type, VALUE_PRESERVING):

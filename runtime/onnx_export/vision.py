@@ -1,5 +1,6 @@
 """Converters: the vision and parameterised layers."""
 
+import copy
 import math
 
 import numpy as np
@@ -8,6 +9,7 @@ from onnx import TensorProto
 
 from lrcn_proto import caffe_pb2
 
+from .build import _LayerExport
 from .registry import Unsupported, converter
 
 # Caffe's -FLT_MAX: what MAX pooling pads with and yields for a window holding no input.
@@ -118,6 +120,62 @@ def _pooling(ctx):
         ratio = ctx.op("Div", [mean_sq, safe], label="ratio")
         ctx.op("Where", [positive, ratio, ctx.scalar("zero_out", 0.0)], ctx.outputs[0],
                "select")
+
+
+def _spp_check(layer):
+    if layer.attrs.levels[0].pooling.method == caffe_pb2.PoolingParameter.STOCHASTIC and \
+            layer.phase == "TRAIN":
+        return "STOCHASTIC pooling in TRAIN samples at random; export the TEST phase"
+    return None
+
+
+@converter("SPP", check=_spp_check)
+def _spp(ctx):
+    """Each pyramid level through the Pooling converter (a layer whose attrs are the level's
+    Pooling attrs), flattened to (N, C * bins) and concatenated on axis 1; one level stays
+    unflattened."""
+    levels = ctx.layer.attrs.levels
+    flat = []
+    for i, level in enumerate(levels):
+        layer = copy.copy(ctx.layer)
+        layer.key, layer.type = f"{ctx.key}/level{i}", "Pooling"
+        layer.attrs, layer.top_shapes = level.pooling, [level.top_shape]
+        out = ctx.outputs[0] if len(levels) == 1 else ctx._temp(f"level{i}")
+        _pooling(_LayerExport(ctx.graph, layer, ctx.unit.levels[i], ctx.inputs, [out],
+                              ctx.dynamic, None, ctx.doc))
+        if len(levels) > 1:
+            shape = level.top_shape
+            flat.append(ctx.reshape(out, (shape[0], math.prod(shape[1:])), ctx.bottom_axis(0),
+                                    label=f"flatten{i}"))
+    if flat:
+        ctx.op("Concat", flat, ctx.outputs[0], axis=1)
+
+
+@converter("Im2col", check=_conv_check)
+def _im2col(ctx):
+    """A grouped convolution with one-hot kernels: group c (input channel c) has one output
+    channel per kernel offset k, c * K + k, whose kernel is 1 at k: Caffe's channel-major
+    columns, zero padding included. Each output is one input times 1 plus the window's other
+    inputs times 0, so it is exact for finite inputs (an inf elsewhere in the window makes
+    NaN)."""
+    attrs = ctx.layer.attrs
+    shape = ctx.bottom_shape(0)
+    channels, kernel_size = shape[attrs.axis], math.prod(attrs.kernel)
+    x = ctx.inputs[0]
+    folded = attrs.axis != 1
+    if folded:
+        # Axes before `axis` are batch-like: one N axis for ONNX, restored afterwards.
+        axis = ctx.bottom_axis(0)
+        x = ctx.reshape(x, (math.prod(shape[:attrs.axis]),) + tuple(shape[attrs.axis:]),
+                        None if axis is None else 0, label="fold")
+    one_hot = np.eye(kernel_size, dtype=np.float32).reshape((kernel_size, 1) +
+                                                            tuple(attrs.kernel))
+    weight = ctx.const("one_hot", np.tile(one_hot, (channels,) + (1,) * (one_hot.ndim - 1)))
+    y = ctx.op("Conv", [x, weight], None if folded else ctx.outputs[0],
+               kernel_shape=list(attrs.kernel), strides=list(attrs.stride),
+               pads=list(attrs.pad) * 2, dilations=list(attrs.dilation), group=channels)
+    if folded:
+        ctx.reshape_to_top(y, label="unfold")
 
 
 @converter("LRN", check=lambda layer: None if len(layer.bottom_shapes[0]) == 4 else

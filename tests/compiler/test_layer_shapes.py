@@ -35,13 +35,13 @@ def test_every_rule_of_this_module_is_registered():
     mine = {name for name in declared_types()
             if declaration(name).rule.__module__.startswith("compiler.layer_types.")}
     assert mine == {
-        "AbsVal", "Accuracy", "ArgMax", "BNLL", "BatchNorm", "Bias", "Clip", "Concat",
-        "ContrastiveLoss", "Convolution", "Crop", "Deconvolution", "Dropout", "ELU", "Eltwise",
-        "Embed", "EuclideanLoss", "Exp", "Flatten", "HingeLoss", "InfogainLoss", "InnerProduct",
-        "Input", "LRN", "LSTM", "LSTMUnit", "Log", "MVN", "MultinomialLogisticLoss", "PReLU",
-        "Parameter", "Pooling", "Power", "RNN", "ReLU", "Reduction", "Reshape", "Scale",
-        "Sigmoid", "SigmoidCrossEntropyLoss", "Silence", "Slice", "Softmax", "SoftmaxWithLoss",
-        "Split", "Swish", "TanH", "Threshold", "Tile"}
+        "AbsVal", "Accuracy", "ArgMax", "BNLL", "BatchNorm", "BatchReindex", "Bias", "Clip",
+        "Concat", "ContrastiveLoss", "Convolution", "Crop", "Deconvolution", "Dropout", "ELU",
+        "Eltwise", "Embed", "EuclideanLoss", "Exp", "Filter", "Flatten", "HingeLoss", "Im2col",
+        "InfogainLoss", "InnerProduct", "Input", "LRN", "LSTM", "LSTMUnit", "Log", "MVN",
+        "MultinomialLogisticLoss", "PReLU", "Parameter", "Pooling", "Power", "RNN", "ReLU",
+        "Reduction", "Reshape", "SPP", "Scale", "Sigmoid", "SigmoidCrossEntropyLoss", "Silence",
+        "Slice", "Softmax", "SoftmaxWithLoss", "Split", "Swish", "TanH", "Threshold", "Tile"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -749,3 +749,40 @@ def test_errors_name_the_layer_and_carry_no_location():
                   (1, 3, 8, 8))
     assert error.file is None and error.line is None
     assert "hint: " in str(error)
+
+
+# ---------------------------------------------------------------------------------------------
+# SPP, Im2col, Filter, BatchReindex: the attributes their units and converters read
+# ---------------------------------------------------------------------------------------------
+
+def test_spp_resolves_each_level_as_a_pooling():
+    # SPPLayer::GetPoolingParam on 7 x 6: level i has 2^i bins, kernel ceil(size / bins),
+    # pad (kernel * bins - size + 1) / 2, stride = kernel; Pooling's ceil and drop rules give
+    # the bins. Level 1: kernel (4, 3), pad (1, 0): h ceil(5 / 4) + 1 = 3, the third window
+    # starts at 8 >= 7 + 1, dropped: 2; w (6 - 3) / 3 + 1 = 2. Level 2: kernel (2, 2), pad
+    # (1, 1): h ceil(7 / 2) + 1 = 5, dropped to 4; w 6 / 2 + 1 = 4.
+    shapes = infer("SPP", "spp_param { pyramid_height: 3 pool: MAX }", (2, 3, 7, 6))
+    levels = shapes.attrs.levels
+    assert [level.pooling.kernel for level in levels] == [(7, 6), (4, 3), (2, 2)]
+    assert [level.pooling.stride for level in levels] == [(7, 6), (4, 3), (2, 2)]
+    assert [level.pooling.pad for level in levels] == [(0, 0), (1, 0), (1, 1)]
+    assert [level.top_shape for level in levels] == [(2, 3, 1, 1), (2, 3, 2, 2), (2, 3, 4, 4)]
+    assert shapes.top_shapes == [(2, 3 * (1 + 4 + 16))]
+
+
+def test_im2col_resolves_the_convolution_geometry():
+    # kernel_h / kernel_w and pad are read as Convolution reads them; stride and dilation take
+    # Caffe's defaults (1). Output: (9 + 2 - 2) / 1 + 1 = 10, (7 + 2 - 3) / 1 + 1 = 7.
+    shapes = infer("Im2col", "convolution_param { kernel_h: 2 kernel_w: 3 pad: 1 }",
+                   (2, 4, 9, 7))
+    attrs = shapes.attrs
+    assert (attrs.axis, attrs.kernel, attrs.stride, attrs.pad, attrs.dilation,
+            attrs.output_size) == (1, (2, 3), (1, 1), (1, 1), (1, 1), (10, 7))
+    assert shapes.top_shapes == [(2, 4 * 6, 10, 7)]
+
+
+def test_filter_and_batch_reindex_counts():
+    shapes = infer("Filter", "", (5, 3), (5, 2, 2), (5, 1), tops=2)
+    assert shapes.attrs.num_filtered == 2 and shapes.top_shapes == [(5, 3), (5, 2, 2)]
+    shapes = infer("BatchReindex", "", (6, 3), (4,))
+    assert shapes.attrs.num_rows == 6 and shapes.top_shapes == [(4, 3)]

@@ -94,6 +94,15 @@ def test_data_transformation_moves_into_transform_param():
     assert not data.data_param.HasField("crop_size")
 
 
+def test_window_data_keeps_its_own_scale():
+    # window_data_layer.cpp reads window_data_param.scale (and not transform_param.scale).
+    net = upgrade(parse_text('layer { type: "WindowData" window_data_param { scale: 0.5 '
+                             'crop_size: 9 } }', "net"))
+    assert net.layer[0].window_data_param.scale == 0.5
+    assert not net.layer[0].transform_param.HasField("scale")
+    assert net.layer[0].transform_param.crop_size == 9
+
+
 def test_old_batch_norm_params_are_frozen():
     net = upgrade(parse_text('layer { type: "BatchNorm" param { lr_mult: 1 } param { lr_mult: 1 }'
                              ' param { lr_mult: 1 } }', "net"))

@@ -160,6 +160,16 @@ LAYER_CASES = {
                                 "normalize_variance: false }"),
     "crop": one("Crop", "crop_param { axis: 2 offset: 1 offset: 2 }",
                 {"data": (2, 3, 9, 8), "ref": (2, 3, 5, 4)}, ("data", "ref")),
+    "spp": one("SPP", "spp_param { pyramid_height: 3 }"),
+    "spp_ave_one_level": one("SPP", "spp_param { pyramid_height: 1 pool: AVE }"),
+    # (Caffe refuses STOCHASTIC pooling with padding: the bins must divide the sides.)
+    "spp_stochastic_test": one("SPP", "spp_param { pyramid_height: 2 pool: STOCHASTIC }",
+                               {"data": (2, 3, 8, 8)}),
+    "im2col": one("Im2col", "convolution_param { kernel_size: 3 stride: 2 pad: 1 dilation: 2 }"),
+    "im2col_axis2_1d": one("Im2col", "convolution_param { kernel_size: 3 axis: 2 }",
+                           {"data": (2, 3, 4, 9)}),
+    "im2col_3d_hw": one("Im2col", "convolution_param { kernel_size: 2 kernel_size: 3 "
+                        "kernel_size: 2 pad: 1 }", {"data": (1, 2, 4, 5, 3)}),
     # neurons
     "relu": one("ReLU"),
     "relu_leaky": one("ReLU", "relu_param { negative_slope: 0.1 }"),
@@ -194,6 +204,7 @@ LAYER_CASES = {
                   ("a", "b")),
     "concat_one": one("Concat", "", {"a": (2, 3)}, ("a",)),
     "split": one("Split", "", tops=("a", "b")),
+    "batch_reindex": one("BatchReindex", "", {"data": (4, 3, 2), "i": (6,)}, ("data", "i")),
     "eltwise_sum_coeff": one("Eltwise", "eltwise_param { operation: SUM coeff: 0.5 "
                              "coeff: -2 }", {"a": (2, 3), "b": (2, 3)}, ("a", "b")),
     "eltwise_prod": one("Eltwise", "eltwise_param { operation: PROD }",
@@ -251,7 +262,8 @@ def test_layer_exports_with_caffe_semantics(case):
 
 @pytest.mark.parametrize("opset", [ox.MIN_OPSET, 18, ox.MAX_OPSET])
 @pytest.mark.parametrize("case", ["mvn", "batchnorm_batch_stats", "reduction_mean_all",
-                                  "slice_points", "pool_ave_pad", "embed", "lstm_static"])
+                                  "slice_points", "pool_ave_pad", "embed", "lstm_static",
+                                  "spp", "im2col_3d_hw", "batch_reindex"])
 def test_opsets(case, opset):
     shapes, layers = LAYER_CASES[case]
     net = build(net_text(shapes, layers))
@@ -269,6 +281,15 @@ def test_embed_padding_index_reads_a_zero_row_and_indices_truncate():
     actual = run_onnx(export(net), {"w": words})["y"]
     np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=0)
     assert not actual[words == -1].any()
+
+
+def test_batch_reindex_truncates_and_repeats_indices_as_the_net():
+    shapes, layers = LAYER_CASES["batch_reindex"]
+    net = build(net_text(shapes, layers))
+    feeds = {"data": np.random.default_rng(0).standard_normal((4, 3, 2)).astype(np.float32),
+             "i": np.array([3, 0, 0, 2.7, 1, 3], np.float32)}
+    expected = net(**{k: torch.from_numpy(v) for k, v in feeds.items()})["y"].numpy()
+    np.testing.assert_array_equal(run_onnx(export(net), feeds)["y"], expected)
 
 
 def test_argmax_ties_break_as_caffe():
@@ -540,6 +561,10 @@ def test_cli_weights_become_initializers(tmp_path, capsys):
                       "inner_product_param { num_output: 4 }")
               + layer("norm", "MVN", ("ip",), ("norm",))), 5),
     (LM_NET, 4),
+    (net_text({"data": (2, 2, 7, 6)},
+              layer("cols", "Im2col", ("data",), ("cols",),
+                    "convolution_param { kernel_size: 3 stride: 2 pad: 1 }")
+              + layer("spp", "SPP", ("cols",), ("spp",), "spp_param { pyramid_height: 2 }")), 3),
 ])
 def test_cli_dynamic_batch(tmp_path, capsys, net_text_, batch):
     net_file = write(tmp_path, "net.prototxt", net_text_)
@@ -624,6 +649,17 @@ def test_cli_unsupported_layer_is_one_located_error(tmp_path, capsys, layer_text
     assert error.startswith(f"{net_file}:3:1: layer '{name}'"), error
     assert message in error
     assert not os.path.exists(tmp_path / "bad.onnx")
+
+
+def test_filter_is_refused_with_its_reason(tmp_path, capsys):
+    net_file = write(tmp_path, "filter.prototxt", net_text(
+        {"data": (4, 3), "keep": (4,)}, layer("f", "Filter", ("data", "keep"), ("kept",))))
+    with pytest.raises(SystemExit) as done:
+        export_main([net_file, "-o", str(tmp_path / "f.onnx")])
+    assert done.value.code == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"{net_file}:3:1: layer 'f' (Filter) cannot be exported to ONNX: "
+                            "the number of rows it keeps depends on the selector's values"), error
 
 
 def test_criterion_is_relative_to_the_largest_magnitude():

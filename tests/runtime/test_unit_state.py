@@ -39,6 +39,7 @@ SAMPLES = {
     "AbsVal": 'bottom: "x" top: "out"',
     "Accuracy": 'bottom: "v" bottom: "label" top: "out"',
     "ArgMax": 'bottom: "v" top: "out"',
+    "BatchReindex": 'bottom: "v" bottom: "binary" top: "out"',
     "BNLL": 'bottom: "x" top: "out"',
     "BatchNorm": 'bottom: "x" top: "out"',
     "Bias": 'bottom: "x" top: "out" bias_param { filler { type: "gaussian" } }',
@@ -55,6 +56,7 @@ SAMPLES = {
     "Dropout": 'bottom: "x" top: "out"',
     "DummyData": 'top: "out" dummy_data_param { shape { dim: 2 dim: 3 } '
                  'data_filler { type: "gaussian" } }',
+    "Filter": 'bottom: "v" bottom: "binary" top: "out"',
     "ELU": 'bottom: "x" top: "out"',
     "Eltwise": 'bottom: "x" bottom: "y" top: "out"',
     "Embed": f'bottom: "ids" top: "out" embed_param {{ input_dim: 5 num_output: 4 {GAUSSIAN} }}',
@@ -68,6 +70,7 @@ SAMPLES = {
     "ImageData": 'top: "out" top: "out_label" image_data_param { source: "{tmp}/images.txt" '
                  'root_folder: "{tmp}/" batch_size: 2 shuffle: true } '
                  'transform_param { mirror: true crop_size: 3 }',
+    "Im2col": 'bottom: "x" top: "out" convolution_param { kernel_size: 2 stride: 2 }',
     "InfogainLoss": 'bottom: "v" bottom: "label" bottom: "H" top: "out"',
     "InnerProduct": f'bottom: "v" top: "out" inner_product_param {{ num_output: 2 {GAUSSIAN} }}',
     "Input": None,      # every sample net starts with one
@@ -91,6 +94,7 @@ SAMPLES = {
     "Reshape": 'bottom: "x" top: "out" reshape_param { shape { dim: 0 dim: -1 } }',
     "Scale": 'bottom: "x" top: "out" scale_param { filler { type: "gaussian" } bias_term: true }',
     "Sigmoid": 'bottom: "x" top: "out"',
+    "SPP": 'bottom: "x" top: "out" spp_param { pyramid_height: 2 pool: STOCHASTIC }',
     "SigmoidCrossEntropyLoss": 'bottom: "v" bottom: "w" top: "out"',
     "Silence": 'bottom: "x"',
     "Slice": 'bottom: "x" top: "out" top: "out2" slice_param { axis: 1 slice_point: 1 }',
@@ -104,6 +108,9 @@ SAMPLES = {
     "VideoData": 'top: "out" top: "out_label" top: "out_markers" transform_param { crop_size: 3 '
                  'mirror: true } video_data_param { source: "{tmp}/videos.txt" clip_length: 2 '
                  'clips_per_batch: 2 }',
+    "WindowData": 'top: "out" top: "out_label" transform_param { crop_size: 3 mirror: true } '
+                  'window_data_param { source: "{tmp}/windows.txt" root_folder: "{tmp}/" '
+                  'batch_size: 2 context_pad: 1 }',
 }
 
 STATEFUL_USER_LAYER = '''
@@ -157,8 +164,8 @@ def feed(seed):
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
-    """The files the data-layer samples read: HDF5 rows, images (a list and an LMDB), video
-    frames, and the stateful Python layer module."""
+    """The files the data-layer samples read: HDF5 rows, images (a list, a window file and an
+    LMDB), video frames, and the stateful Python layer module."""
     folder = tmp_path_factory.mktemp("sources")
     import h5py
     with h5py.File(folder / "rows.h5", "w") as handle:
@@ -171,6 +178,8 @@ def sources(tmp_path_factory):
         Image.fromarray(rng.integers(0, 255, (5, 6, 3), dtype=np.uint8)).save(folder / name)
         names.append(f"{name} {index % 3}")
     (folder / "images.txt").write_text("\n".join(names) + "\n")
+    (folder / "windows.txt").write_text("# 0\nimg0.png\n3 5 6\n2\n1 0.9 0 0 5 4\n"
+                                        "0 0.1 1 1 4 3\n# 1\nimg1.png 3 5 6 1\n2 0.8 1 0 5 4\n")
     from runtime.data_tools import convert_imageset_main
     assert convert_imageset_main([f"{folder}/", str(folder / "images.txt"),
                                   str(folder / "lmdb")]) == 0
