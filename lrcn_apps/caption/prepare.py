@@ -428,7 +428,8 @@ def report_split(name, summary, args):
 
 def publish_atomically(out_dir, overwrite, write_into):
     """Run ``write_into(temp_dir)`` on a fresh folder beside ``out_dir``, then move it to
-    ``out_dir``; on any failure the temporary folder is removed and ``out_dir`` untouched."""
+    ``out_dir``; on any failure the temporary folder is removed and ``out_dir`` untouched (an
+    OSError becomes one DataError naming ``out_dir``)."""
     out_dir = os.path.normpath(out_dir)
     if os.path.exists(out_dir) and not overwrite:
         raise DataError("%s: already exists; pass --overwrite to replace it" % out_dir)
@@ -452,6 +453,9 @@ def publish_atomically(out_dir, overwrite, write_into):
         else:
             os.rename(temp_dir, out_dir)
         return result
+    except OSError as error:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise DataError("%s: cannot write the outputs: %s" % (out_dir, error)) from None
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
@@ -488,13 +492,9 @@ def run(args):
     vocabulary = choose_vocabulary(args, split_pairs)
     print("vocabulary: %d words (<unk> included); nets use %d indices (EOS = 0)"
           % (len(vocabulary), vocabulary.net_size), flush=True)
-    try:
-        publish_atomically(
-            args.out, args.overwrite,
-            lambda work_dir: write_everything(args, splits, images, split_pairs, vocabulary,
-                                              work_dir))
-    except OSError as error:
-        raise DataError("%s: cannot write the outputs: %s" % (args.out, error)) from None
+    publish_atomically(
+        args.out, args.overwrite,
+        lambda work_dir: write_everything(args, splits, images, split_pairs, vocabulary, work_dir))
     print("wrote %s" % args.out)
 
 

@@ -270,10 +270,7 @@ def run(args):
         with open(os.path.join(work_dir, "summary.json"), "w", encoding="utf-8") as out:
             json.dump(summary, out, indent=1, sort_keys=True)
             out.write("\n")
-    try:
-        publish_atomically(args.out, args.force, write_into)
-    except OSError as error:
-        raise DataError("%s: cannot write the outputs: %s" % (args.out, error)) from None
+    publish_atomically(args.out, args.force, write_into)
     print("wrote %s" % args.out)
 
 
