@@ -341,6 +341,41 @@ def test_pooling_gradients(method, case):
     check_gradients(unit, randn(1, 2, *in_hw))
 
 
+def caffe_max_pool_backward(x, top_diff, kernel, stride, pad):
+    """pooling_layer.cpp's MAX Forward_cpu argmax (the first strict maximum of a window, in
+    row-major order) and Backward_cpu (each top diff added to its argmax, in top order)."""
+    n, c, height, width = x.shape
+    bottom_diff = np.zeros_like(x)
+    for i, j in np.ndindex(n, c):
+        for ph, pw in np.ndindex(*top_diff.shape[2:]):
+            hstart, wstart = ph * stride[0] - pad[0], pw * stride[1] - pad[1]
+            hend, wend = min(hstart + kernel[0], height), min(wstart + kernel[1], width)
+            best, argmax = -FLT_MAX, None
+            for h, w in np.ndindex(hend - max(hstart, 0), wend - max(wstart, 0)):
+                h, w = h + max(hstart, 0), w + max(wstart, 0)
+                if x[i, j, h, w] > best:
+                    best, argmax = x[i, j, h, w], (h, w)
+            if argmax is not None:
+                bottom_diff[i, j, argmax[0], argmax[1]] += top_diff[i, j, ph, pw]
+    return bottom_diff
+
+
+@pytest.mark.parametrize("case", [0, 1, 3])
+def test_max_pool_gradient_with_ties_goes_to_caffes_argmax(case):
+    # ReLU'd integer maps hold many equal maxima (whole windows of zeros): the gradient must
+    # reach the first one, as Caffe's mask does, in float32 on a batch of several channels.
+    params, kernel, stride, pad, in_hw, out_hw = POOL_CASES[case]
+    unit = pool_unit(f"pool: MAX {params}", (3, 5) + in_hw, (3, 5) + out_hw)
+    generator = torch.Generator().manual_seed(case)
+    x = torch.randint(-3, 3, (3, 5) + in_hw, generator=generator).float().clamp_(min=0)
+    top_diff = torch.randn((3, 5) + out_hw, generator=generator)
+    x.requires_grad_()
+    (y,) = unit(x)
+    y.backward(top_diff)
+    expected = caffe_max_pool_backward(x.detach().numpy(), top_diff.numpy(), kernel, stride, pad)
+    np.testing.assert_array_equal(x.grad.numpy(), expected)
+
+
 def test_stochastic_pooling_train_picks_window_elements_by_activation():
     # 1 x 1 x 2 x 2 windows with weights 1 : 3: element 1 must be chosen ~3 / 4 of the time.
     unit = pool_unit("pool: STOCHASTIC kernel_size: 2 stride: 2", (1, 1, 2, 4000),
