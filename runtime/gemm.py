@@ -1,24 +1,20 @@
-"""The heavy layers' float32 matrix products, through the faster of two BLAS libraries.
+"""The heavy layers' float32 matrix products, through oneDNN's matmul on the CPU.
 
-torch's CPU products go through MKL, which on some CPUs (AMD with AVX-512, this project's
-machine) runs the LSTM's and the vocabulary layer's shapes on one thread at about half the
-rate of the OpenBLAS that numpy ships (bench/bench_train.py measures both). The rule, applied
-per product:
+torch's CPU products (torch.mm / torch.addmm) go through MKL, which on some CPUs (AMD with
+AVX-512, this project's machine) runs LRCN's shapes well below what the CPU can do. oneDNN,
+which torch ships for its own convolutions, reaches 1.1 to 1.6 times MKL's rate on every
+shape of the LSTM and the vocabulary layer (bench/bench_train.py measures both), on one
+thread and on several, and it runs on torch's own OpenMP threads (numpy's OpenBLAS, tried
+before, was as fast but fought torch's threads for the cores). The rule, applied per product:
 
-    OpenBLAS (numpy.matmul on the tensors' memory) when torch runs on one thread and the
-    product is on the CPU, float32, outside autocast, at least MIN_MACS multiply-adds, and
-    numpy's BLAS is OpenBLAS; torch otherwise (torch.mm / torch.addmm: MKL on CPU, cuBLAS on
-    CUDA).
+    oneDNN when the product is on the CPU, float32, outside autocast and torch.compile, has
+    at least MIN_MACS multiply-adds, and torch was built with oneDNN; torch otherwise
+    (torch.mm / torch.addmm: MKL on CPU, cuBLAS on CUDA).
 
-One thread only, because OpenBLAS keeps its own thread pool: beside torch's OpenMP threads its
-workers spin for cores that torch's need, and a whole LSTM LM train step on 2 threads was 1.5x
-slower with OpenBLAS than with MKL although each product alone is faster (bench_train.py, the
-"ours, torch GEMM" column). runtime.threads picks 1 thread wherever that is faster.
-
+Small products stay on torch: oneDNN's ~30 us call overhead costs more than it saves there.
 The rule is fixed rather than timed per run so that a run repeats bit for bit. LRCN_GEMM=torch
-(or openblas) in the environment overrides it for every product (openblas still only where it
-applies). Small products stay on torch: the numpy call's overhead and the second thread pool
-cost more than they save there.
+(or onednn) in the environment overrides it for every product (onednn still only where it
+applies).
 
 `linear` is differentiable (an autograd.Function whose backward uses the same rule); `mm`
 and `addmm` are plain products for code that writes its own backward (the LSTM's scan).
@@ -26,66 +22,59 @@ and `addmm` are plain products for code that writes its own backward (the LSTM's
 
 import os
 
-import numpy
 import torch
 
-MIN_MACS = 1 << 24      # 2000 x 1000 x 4000 (LSTM input projection) is 8e9; 100 x 1000 x 4000
-                        # (one recurrent step at N = 100) is 4e8; a caption-net step is ~1e6
+MIN_MACS = 1 << 22      # 50 x 256 x 1024 (a caption-net LSTM step) is 1.3e7 and gains 1.4x;
+                        # 10 x 256 x 1024 (2.6e6) is slower on oneDNN than on torch
 
-# "torch" or "openblas" forces that library wherever it applies (LRCN_GEMM; tests set it).
+# "torch" or "onednn" forces that library wherever it applies (LRCN_GEMM; tests set it).
 FORCED = os.environ.get("LRCN_GEMM", "").strip().lower() or None
 
 
-def _numpy_blas():
-    """'openblas' when numpy's BLAS is OpenBLAS (numpy's wheels), else its name or None."""
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
+def _onednn_linear():
+    """torch's oneDNN linear on dense tensors (x @ w.T + b), or None where this torch has none.
+
+    It is the op torch.compile's CPU backend emits for linear layers; it is not public API,
+    so it is looked up, not assumed."""
+    if not torch.backends.mkldnn.is_available():
         return None
-    for library in threadpool_info():
-        if library.get("user_api") == "blas" and "numpy" in library.get("filepath", ""):
-            return library.get("internal_api")
-    return None
+    return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 
-NUMPY_BLAS = _numpy_blas()
+ONEDNN_LINEAR = _onednn_linear()
 
 
 def backend(a, b):
-    """'openblas' or 'torch': which library computes a @ b (2-D tensors) under the rule."""
-    if FORCED == "torch" or NUMPY_BLAS != "openblas" or torch.compiler.is_compiling():
-        return "torch"      # torch.compile traces torch's products, not numpy calls
-    if FORCED != "openblas" and torch.get_num_threads() != 1:
-        return "torch"
+    """'onednn' or 'torch': which library computes a @ b (2-D tensors) under the rule."""
+    if FORCED == "torch" or ONEDNN_LINEAR is None or torch.compiler.is_compiling():
+        return "torch"      # torch.compile traces torch's products itself
     if (a.device.type != "cpu" or a.dtype != torch.float32 or b.dtype != torch.float32
             or torch.is_autocast_enabled("cpu")):
         return "torch"
-    if FORCED != "openblas" and a.shape[0] * a.shape[1] * b.shape[1] < MIN_MACS:
+    if FORCED != "onednn" and a.shape[0] * a.shape[1] * b.shape[1] < MIN_MACS:
         return "torch"
-    return "openblas"
+    return "onednn"
 
 
-def _as_array(tensor):
-    # A view of the tensor's memory (transposed views included: BLAS takes them as they are).
-    return tensor.detach().numpy()
+def _onednn(a, b, bias=None):
+    # x @ w.T + b with w = b.T: oneDNN reads transposed views as they are, without copies.
+    return ONEDNN_LINEAR(a, b.t(), bias, "none", [], "")
 
 
-def mm(a, b, out=None):
-    """a @ b, optionally written into out."""
+def mm(a, b):
+    """a @ b."""
     if backend(a, b) == "torch":
-        return torch.mm(a, b, out=out)
-    if out is None:
-        out = a.new_empty(a.shape[0], b.shape[1])
-    numpy.matmul(_as_array(a), _as_array(b), out=_as_array(out))
-    return out
+        return torch.mm(a, b)
+    return _onednn(a, b)
 
 
-def addmm(c, a, b, out=None):
-    """c + a @ b (c broadcast to the product's shape), optionally written into out."""
+def addmm(c, a, b):
+    """c + a @ b: c is one row (broadcast to every row) or a matrix of the product's shape."""
     if backend(a, b) == "torch":
-        return torch.addmm(c, a, b, out=out)
-    out = mm(a, b, out=out)
-    return out.add_(c)
+        return torch.addmm(c, a, b)
+    if c.dim() == 1:
+        return _onednn(a, b, c)
+    return _onednn(a, b).add_(c)
 
 
 class _Linear(torch.autograd.Function):

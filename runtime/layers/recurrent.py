@@ -66,7 +66,10 @@ class _LSTMScan(torch.autograd.Function):
 
     forward(gx (T, N, 4H), cont (T, N), W_hc (4H, H), h0 (N, H), c0 (N, H)) -> (h (T, N, H), c_T)
     Autograd of a per-step loop would build ~10 nodes per step and sum T separate (4H, H) weight
-    gradients; here the step is one addmm plus in-place gate math, and dW_hc is one matmul.
+    gradients. Here a forward step is one product plus in-place gate math; the backward first
+    computes, for all T steps at once, every factor that does not depend on later steps (the
+    activations' derivatives, forget gates), so that a backward step is one product and five
+    small operations; dW_hc is one product over all steps.
     """
 
     @staticmethod
@@ -84,7 +87,7 @@ class _LSTMScan(torch.autograd.Function):
         W_t = W_hc.t()
         for t in range(T):
             torch.mul(h_prev, ct[t], out=h_conted[t])
-            a = gemm.addmm(gx[t], h_conted[t], W_t, out=gates[t])
+            a = torch.add(gx[t], gemm.mm(h_conted[t], W_t), out=gates[t])
             a[:, :3 * H].sigmoid_()
             a[:, 3 * H:].tanh_()
             i, f, o, g = a.split(H, dim=1)
@@ -101,29 +104,28 @@ class _LSTMScan(torch.autograd.Function):
         gates, h_conted, cells, tanh_c, ct, W_hc = ctx.saved_tensors
         T, N, H4 = gates.shape
         H = H4 // 4
-        d_gates = torch.empty_like(gates)
+        i, f, o, g = gates.split(H, dim=2)
+        # Per step t: dc_t = dc_{t+1} * forget[t + 1] + dh_t * through_h[t], and the gate
+        # gradients are dc_t (i, f, g) or dh_t (o) times factors[t].
+        forget = f * ct                                  # dc_{t-1} = dc_t * cont_t * f_t
+        through_h = o * (1 - tanh_c * tanh_c)            # dh_t -> dc_t
+        factors = torch.empty_like(gates)
+        d_i, d_f, d_o, d_g = factors.split(H, dim=2)
+        torch.mul(g, i * (1 - i), out=d_i)               # di = dc g sigmoid'(i)
+        torch.mul(cells[:T] * ct, f * (1 - f), out=d_f)  # df = dc cont c_{t-1} sigmoid'(f)
+        torch.mul(tanh_c, o * (1 - o), out=d_o)          # do = dh tanh(c) sigmoid'(o)
+        torch.mul(i, 1 - g * g, out=d_g)                 # dg = dc i tanh'(g)
+        d_gates = factors                                # scaled in place, step by step
         dc = dc_T.clone() if dc_T is not None else gates.new_zeros(N, H)
         dh_next = None
         need_h0 = ctx.needs_input_grad[3]
         for t in reversed(range(T)):
-            i, f, o, g = gates[t].split(H, dim=1)
-            tc = tanh_c[t]
             dh = dh_out[t] if dh_next is None else dh_out[t] + dh_next
-            # Total gradient reaching c_t: from c_{t+1} (already in dc) and through h_t.
-            dc = dc + dh * o * (1 - tc * tc)
-            d = d_gates[t]
-            di, df, do, dg = d.split(H, dim=1)
-            # In place into the views (not out=, which torch.compile refuses for views).
-            di.copy_(dc).mul_(g)
-            df.copy_(cells[t]).mul_(ct[t]).mul_(dc)      # dc_t/dsigmoid(f) = cont * c_{t-1}
-            do.copy_(dh).mul_(tc)
-            dg.copy_(dc).mul_(i)
-            s = gates[t, :, :3 * H]                      # through the activations
-            d[:, :3 * H].mul_(s * (1 - s))
-            dg.mul_(1 - g * g)
-            dc = dc * f * ct[t]
+            dc = torch.addcmul(dc, dh, through_h[t])
+            d_gates[t].view(N, 4, H).mul_(torch.stack((dc, dc, dh, dc), dim=1))
+            dc = dc.mul_(forget[t])
             if t > 0 or need_h0:                         # dh_{-1} is only wanted for h0
-                dh_next = gemm.mm(d, W_hc).mul_(ct[t])
+                dh_next = gemm.mm(d_gates[t], W_hc).mul_(ct[t])
         d_W = gemm.mm(d_gates.view(T * N, H4).t(), h_conted.view(T * N, H))
         return (d_gates, None, d_W,
                 dh_next if need_h0 else None,

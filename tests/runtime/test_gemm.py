@@ -1,5 +1,5 @@
-"""runtime.gemm: the rule that picks a BLAS per product, and that both libraries compute the
-same products and gradients (float32 tolerance) in the layers that use them."""
+"""runtime.gemm: the rule that picks a library per product, and that both compute the same
+products and gradients (float32 tolerance) in the layers that use them."""
 
 import pytest
 import torch
@@ -9,8 +9,8 @@ from support import compiled_layer
 from runtime.layers.recurrent import LSTM, RNN
 from runtime.layers.vision import InnerProduct
 
-needs_openblas = pytest.mark.skipif(gemm.NUMPY_BLAS != "openblas",
-                                    reason="numpy's BLAS is not OpenBLAS here")
+needs_onednn = pytest.mark.skipif(gemm.ONEDNN_LINEAR is None,
+                                  reason="this torch has no oneDNN linear")
 
 
 @pytest.fixture
@@ -25,18 +25,15 @@ def big(*shape):
     return torch.empty(shape)     # only shapes matter to the rule
 
 
-@needs_openblas
-def test_rule_large_float32_cpu_products_on_one_thread_use_openblas():
-    assert torch.get_num_threads() == 1          # tests/conftest.py
-    assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "openblas"
-    assert gemm.backend(big(2000, 1000), big(4000, 1000).t()) == "openblas"
-
-
-def test_rule_keeps_torch_on_several_threads():
+@needs_onednn
+@pytest.mark.parametrize("threads", [1, 2])
+def test_rule_large_float32_cpu_products_use_onednn_on_any_thread_count(threads):
     previous = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     try:
-        assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "torch"
+        assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "onednn"
+        assert gemm.backend(big(2000, 1000), big(4000, 1000).t()) == "onednn"
+        assert gemm.backend(big(50, 256), big(256, 1024)) == "onednn"    # a caption LSTM step
     finally:
         torch.set_num_threads(previous)
 
@@ -51,9 +48,9 @@ def test_rule_other_dtypes_and_autocast_stay_on_torch():
         assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "torch"
 
 
-def test_rule_falls_back_to_torch_without_openblas(monkeypatch, forced):
-    monkeypatch.setattr(gemm, "NUMPY_BLAS", None)
-    forced("openblas")
+def test_rule_falls_back_to_torch_without_onednn(monkeypatch, forced):
+    monkeypatch.setattr(gemm, "ONEDNN_LINEAR", None)
+    forced("onednn")
     assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "torch"
     a, b = torch.randn(3, 4), torch.randn(4, 5)
     assert torch.equal(gemm.mm(a, b), torch.mm(a, b))
@@ -64,32 +61,31 @@ def test_forcing_torch_overrides_the_rule(forced):
     assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "torch"
 
 
-@needs_openblas
-def test_openblas_products_match_torch(forced):
-    forced("openblas")
+@needs_onednn
+def test_onednn_products_match_torch(forced):
+    forced("onednn")
     g = torch.Generator().manual_seed(0)
     a, w = torch.randn(7, 5, generator=g), torch.randn(6, 5, generator=g)
-    c = torch.randn(6, generator=g)
+    c, rows = torch.randn(6, generator=g), torch.randn(7, 6, generator=g)
     torch.testing.assert_close(gemm.mm(a, w.t()), torch.mm(a, w.t()))
-    out = torch.empty(2, 7, 6)
-    result = gemm.addmm(c, a, w.t(), out=out[1])
-    assert result.data_ptr() == out[1].data_ptr()
-    torch.testing.assert_close(out[1], torch.addmm(c, a, w.t()))
+    torch.testing.assert_close(gemm.addmm(c, a, w.t()), torch.addmm(c, a, w.t()))
+    torch.testing.assert_close(gemm.addmm(rows, a, w.t()), torch.addmm(rows, a, w.t()))
     torch.testing.assert_close(gemm.mm(w, a.t()), w @ a.t())      # a transposed right operand
+    torch.testing.assert_close(gemm.mm(a[1:4], w[::2].t()), a[1:4] @ w[::2].t())   # views
 
 
-@needs_openblas
+@needs_onednn
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("bias_rows", [False, True])
 def test_linear_gradients_match_autograd(forced, transpose, bias_rows):
-    forced("openblas")
+    forced("onednn")
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 3, generator=g, dtype=torch.float64)
     w = torch.randn(3, 5, generator=g, dtype=torch.float64) if transpose else \
         torch.randn(5, 3, generator=g, dtype=torch.float64)
     b = torch.randn(*((4, 5) if bias_rows else (5,)), generator=g, dtype=torch.float64)
     leaves = [t.float().requires_grad_() for t in (x, w, b)]
-    y = gemm._Linear.apply(*leaves, transpose)       # the OpenBLAS function, whatever the size
+    y = gemm._Linear.apply(*leaves, transpose)       # the oneDNN function, whatever the size
     reference = [t.clone().requires_grad_() for t in (x, w, b)]
     expected = reference[0] @ (reference[1] if transpose else reference[1].t()) + reference[2]
     grad = torch.randn(4, 5, generator=g, dtype=torch.float64)
@@ -136,12 +132,12 @@ def _run_layer(kind, forced_name, monkeypatch):
     return y.detach(), grads
 
 
-@needs_openblas
+@needs_onednn
 @pytest.mark.parametrize("kind", [LSTM, RNN, InnerProduct])
 def test_layers_agree_between_libraries(kind, monkeypatch):
     y_torch, grads_torch = _run_layer(kind, "torch", monkeypatch)
-    y_blas, grads_blas = _run_layer(kind, "openblas", monkeypatch)
-    torch.testing.assert_close(y_blas, y_torch, rtol=1e-5, atol=1e-6)
-    assert len(grads_blas) == len(grads_torch)
-    for ours, reference in zip(grads_blas, grads_torch):
+    y_dnn, grads_dnn = _run_layer(kind, "onednn", monkeypatch)
+    torch.testing.assert_close(y_dnn, y_torch, rtol=1e-5, atol=1e-6)
+    assert len(grads_dnn) == len(grads_torch)
+    for ours, reference in zip(grads_dnn, grads_torch):
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
