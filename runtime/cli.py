@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 
-from runtime import threads
+from runtime import precision, threads
 
 # Only the standard library at module level: the console scripts import this module before
 # train_main can catch a Ctrl-C, and torch takes seconds to import (see _run_quietly).
@@ -135,9 +135,11 @@ def _train(argv):
     parser.add_argument("--tensorboard", metavar="DIR", help="also log scalars to TensorBoard")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     threads.add_argument(parser)
+    precision.add_argument(parser)
     _python_path_argument(parser)
     args = parser.parse_args(argv)
     threads.configure(args.threads)
+    precision.configure(parser, args.precision)
     solver_file = args.solver or args.solver_file
     if not solver_file:
         parser.error("give the solver file: lrcn-train SOLVER (or --solver=SOLVER)")
@@ -356,12 +358,14 @@ def _net_arguments(parser, default_phase):
     parser.add_argument("--level", type=int, default=0)
     parser.add_argument("--gpu", help="CUDA device number")
     threads.add_argument(parser)
+    precision.add_argument(parser)
     _python_path_argument(parser)
 
 
 def _open_net(args, parser, log):
     from runtime.net import Net
     threads.configure(args.threads)
+    precision.configure(parser, args.precision)
     _allow_python_paths(args.python_path)
     path = args.model or args.net
     if not path:

@@ -8,13 +8,24 @@ thread and on several, and it runs on torch's own OpenMP threads (numpy's OpenBL
 before, was as fast but fought torch's threads for the cores). The rule, applied per product:
 
     oneDNN when the product is on the CPU, float32, outside autocast and torch.compile, has
-    at least MIN_MACS multiply-adds, and torch was built with oneDNN; torch otherwise
+    at least MIN_MACS multiply-adds and a left operand stored by rows (not a transposed
+    view: oneDNN would copy it), and torch was built with oneDNN; torch otherwise
     (torch.mm / torch.addmm: MKL on CPU, cuBLAS on CUDA).
 
 Small products stay on torch: oneDNN's ~30 us call overhead costs more than it saves there.
 The rule is fixed rather than timed per run so that a run repeats bit for bit. LRCN_GEMM=torch
 (or onednn) in the environment overrides it for every product (onednn still only where it
 applies).
+
+Precision (`set_precision`, the tools' --precision): "float32" (the default: Caffe's) or
+"bfloat16": every product here and every convolution (`in_product_precision`) then takes its
+float32 operands rounded to bfloat16, accumulates in float32, rounds its result to bfloat16 and
+hands on float32, forward and backward (the same rounding as torch's autocast, but applied
+inside this project's own backward passes too). Everything else stays float32: weights and
+their updates, LSTM cell states, activations, losses. CPUs with bfloat16 instructions
+(AVX512-BF16, AMX) run these products about twice as fast; on CUDA it is the same cast.
+"tf32" lets CUDA's float32 products and convolutions use TF32 tensor cores (no effect on the
+CPU).
 
 `linear` is differentiable (an autograd.Function whose backward uses the same rule); `mm`
 and `addmm` are plain products for code that writes its own backward (the LSTM's scan).
@@ -23,6 +34,8 @@ and `addmm` are plain products for code that writes its own backward (the LSTM's
 import os
 
 import torch
+
+from runtime.precision import PRECISIONS
 
 MIN_MACS = 1 << 22      # 50 x 256 x 1024 (a caption-net LSTM step) is 1.3e7 and gains 1.4x;
                         # 10 x 256 x 1024 (2.6e6) is slower on oneDNN than on torch
@@ -44,6 +57,47 @@ def _onednn_linear():
 ONEDNN_LINEAR = _onednn_linear()
 
 
+_bfloat16 = False       # set_precision("bfloat16")
+
+
+def set_precision(name):
+    """Use `name` (one of runtime.precision.PRECISIONS) for the products of every net in
+    this process.
+
+    Raises ValueError for another name, or for bfloat16 on a CPU without bfloat16
+    instructions (it would run slower than float32 there)."""
+    global _bfloat16
+    if name not in PRECISIONS:
+        raise ValueError(f"unknown precision {name!r} (choose from {', '.join(PRECISIONS)})")
+    if name == "bfloat16" and not torch.cuda.is_available() \
+            and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        raise ValueError("--precision bfloat16: this CPU has no bfloat16 instructions "
+                         "(AVX512-BF16 or AMX), so it would run slower than float32")
+    _bfloat16 = name == "bfloat16"
+    torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
+    torch.backends.cudnn.allow_tf32 = name == "tf32"
+
+
+def precision():
+    """The current precision's name."""
+    if _bfloat16:
+        return "bfloat16"
+    return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "float32"
+
+
+def _rounds_to_bfloat16(*tensors):
+    return _bfloat16 and all(t is None or t.dtype == torch.float32 for t in tensors)
+
+
+def in_product_precision(function, *tensors, **options):
+    """function(*tensors, **options) with float32 tensors rounded to bfloat16 under that
+    precision and the result handed on as float32 (convolutions); as it is otherwise."""
+    if not _rounds_to_bfloat16(*tensors):
+        return function(*tensors, **options)
+    rounded = [None if t is None else t.bfloat16() for t in tensors]
+    return function(*rounded, **options).float()
+
+
 def backend(a, b):
     """'onednn' or 'torch': which library computes a @ b (2-D tensors) under the rule."""
     if FORCED == "torch" or ONEDNN_LINEAR is None or torch.compiler.is_compiling():
@@ -51,8 +105,9 @@ def backend(a, b):
     if (a.device.type != "cpu" or a.dtype != torch.float32 or b.dtype != torch.float32
             or torch.is_autocast_enabled("cpu")):
         return "torch"
-    if FORCED != "onednn" and a.shape[0] * a.shape[1] * b.shape[1] < MIN_MACS:
-        return "torch"
+    if FORCED != "onednn" and (a.shape[0] * a.shape[1] * b.shape[1] < MIN_MACS
+                               or a.stride(1) != 1):
+        return "torch"      # oneDNN would copy a transposed left operand; MKL reads it as is
     return "onednn"
 
 
@@ -61,8 +116,18 @@ def _onednn(a, b, bias=None):
     return ONEDNN_LINEAR(a, b.t(), bias, "none", [], "")
 
 
+def _bfloat16_mm(a, b):
+    a, b = a.bfloat16(), b.bfloat16()
+    if ONEDNN_LINEAR is not None and a.device.type == "cpu" \
+            and not torch.compiler.is_compiling():
+        return _onednn(a, b).float()
+    return torch.mm(a, b).float()
+
+
 def mm(a, b):
     """a @ b."""
+    if _rounds_to_bfloat16(a, b):
+        return _bfloat16_mm(a, b)
     if backend(a, b) == "torch":
         return torch.mm(a, b)
     return _onednn(a, b)
@@ -70,6 +135,8 @@ def mm(a, b):
 
 def addmm(c, a, b):
     """c + a @ b: c is one row (broadcast to every row) or a matrix of the product's shape."""
+    if _rounds_to_bfloat16(a, b):
+        return _bfloat16_mm(a, b).add_(c)
     if backend(a, b) == "torch":
         return torch.addmm(c, a, b)
     if c.dim() == 1:
@@ -106,6 +173,6 @@ class _Linear(torch.autograd.Function):
 def linear(x, weight, bias=None, transpose=False):
     """x W^T + b for 2-D x and W (out, in); x W + b with transpose=True (W (in, out))."""
     w = weight if transpose else weight.t()
-    if backend(x, w) == "torch":
+    if backend(x, w) == "torch" and not _rounds_to_bfloat16(x, w):
         return x @ w if bias is None else torch.addmm(bias, x, w)
     return _Linear.apply(x, weight, bias, transpose)

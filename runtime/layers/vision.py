@@ -60,7 +60,7 @@ class _ConvolutionBase(CaffeLayer):
         outer = x.shape[:self.axis]
         x = x.reshape((-1,) + tuple(x.shape[self.axis:]))
         bias = self.blobs[1] if self.bias_term else None
-        y = self._convolve(x, self.blobs[0], bias)
+        y = gemm.in_product_precision(self._convolve, x, self.blobs[0], bias)
         return (y.reshape(tuple(outer) + tuple(y.shape[1:])),)
 
 

@@ -141,3 +141,91 @@ def test_layers_agree_between_libraries(kind, monkeypatch):
     assert len(grads_dnn) == len(grads_torch)
     for ours, reference in zip(grads_dnn, grads_torch):
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_rule_keeps_transposed_left_operands_on_torch():
+    # oneDNN would copy a transposed left operand (the weight gradients' d.T @ x); MKL reads it.
+    assert gemm.backend(big(1000, 2000).t(), big(1000, 4000)) == "torch"
+
+
+# --- precision ---------------------------------------------------------------------------------
+
+bfloat16_cpu = pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                                  reason="this CPU has no bfloat16 instructions")
+
+
+@pytest.fixture
+def precision():
+    """Set a precision for the test's duration (float32 again afterwards)."""
+    yield gemm.set_precision
+    gemm.set_precision("float32")
+
+
+def rounded(t):
+    return t.bfloat16().float()
+
+
+@bfloat16_cpu
+@pytest.mark.parametrize("shape", [(7, 5, 6), (50, 256, 1024)])    # torch / oneDNN sizes
+def test_bfloat16_products_round_operands_and_result(precision, shape):
+    precision("bfloat16")
+    m, k, n = shape
+    g = torch.Generator().manual_seed(4)
+    a, b, c = (torch.randn(m, k, generator=g), torch.randn(k, n, generator=g),
+               torch.randn(n, generator=g))
+    exact = rounded(a).double() @ rounded(b).double()      # products of the rounded operands
+    for result, expected in ((gemm.mm(a, b), exact), (gemm.addmm(c, a, b), exact + c.double())):
+        assert result.dtype == torch.float32
+        # The result itself is rounded to bfloat16 (8 significant bits) before it is handed on.
+        torch.testing.assert_close(result.double(), expected, rtol=2 ** -7,
+                                   atol=2 ** -8 * float(expected.abs().max()))
+    assert not torch.equal(gemm.mm(a, b), a @ b)           # it is not the float32 product
+    assert gemm.precision() == "bfloat16"
+
+
+@bfloat16_cpu
+def test_bfloat16_reaches_backward_products_and_convolutions(precision):
+    precision("bfloat16")
+    g = torch.Generator().manual_seed(5)
+    x, w = torch.randn(6, 8, generator=g, requires_grad=True), \
+        torch.randn(4, 8, generator=g, requires_grad=True)
+    gemm.linear(x, w).backward(torch.ones(6, 4))
+    torch.testing.assert_close(x.grad, rounded(torch.ones(6, 4)) @ rounded(w.detach()),
+                               rtol=2 ** -7, atol=1e-3)
+    image, kernel = torch.randn(1, 2, 5, 5, generator=g), torch.randn(3, 2, 3, 3, generator=g)
+    y = gemm.in_product_precision(torch.nn.functional.conv2d, image, kernel, None)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, torch.nn.functional.conv2d(rounded(image), rounded(kernel)),
+                               rtol=2 ** -7, atol=1e-2)
+
+
+@bfloat16_cpu
+def test_bfloat16_net_trains_close_to_float32(precision, monkeypatch):
+    losses = {}
+    for name in ("float32", "bfloat16"):
+        precision(name)
+        _, grads = _run_layer(LSTM, None, monkeypatch)
+        losses[name] = grads
+    for ours, reference in zip(losses["bfloat16"], losses["float32"]):
+        assert ours.dtype == torch.float32
+        torch.testing.assert_close(ours, reference, rtol=5e-2, atol=5e-2)
+
+
+def test_precision_names_are_checked(precision, monkeypatch):
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        precision("half")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no bfloat16 instructions"):
+        precision("bfloat16")
+    assert gemm.precision() == "float32"
+
+
+def test_tf32_only_changes_cuda_flags(precision):
+    precision("tf32")
+    assert torch.backends.cuda.matmul.allow_tf32 and gemm.precision() == "tf32"
+    a, b = torch.randn(3, 4), torch.randn(4, 5)
+    assert torch.equal(gemm.mm(a, b), torch.mm(a, b))      # CPU products stay float32
+    precision("float32")
+    assert not torch.backends.cuda.matmul.allow_tf32

@@ -277,6 +277,28 @@ def test_solver_flag_iterations_and_stage(tmp_path, monkeypatch, capsys, restore
     assert not (tmp_path / "blobs_iter_100.caffemodel").exists()
 
 
+@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                    reason="this CPU has no bfloat16 instructions")
+def test_precision_bfloat16_trains_close_to_float32(tmp_path, monkeypatch, capsys,
+                                                   restore_signals):
+    from runtime import gemm
+    solver = make_problem(tmp_path)
+    solver.write_text(solver.read_text().replace("display: 50", "display: 10"))
+    monkeypatch.chdir(tmp_path)
+    losses = {}
+    try:
+        for name in ("float32", "bfloat16"):
+            code, _, log = lrcn_train([solver, "--iterations", "20", "--precision", name],
+                                      capsys)
+            assert code == 0, log
+            losses[name] = [float(v) for v in re.findall(r"Iteration \d+ .*loss = (\S+)", log)]
+    finally:
+        gemm.set_precision("float32")
+    assert len(losses["bfloat16"]) == len(losses["float32"]) == 2     # iterations 0 and 10
+    assert losses["bfloat16"] != losses["float32"]                 # it did change the products
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.05, atol=0.01)
+
+
 def test_without_stage_the_staged_layer_is_absent(tmp_path, monkeypatch, capsys,
                                                   restore_signals):
     solver = make_problem(tmp_path)
