@@ -10,8 +10,10 @@ same shapes (nn.Embedding / nn.LSTM / nn.Linear, F.conv2d ...), alternating roun
 
 Printed: median ms per step of each, the ratio ours / torch, and the achieved rate (the
 compiler's forward FLOPs x 3 for forward + backward, per second) against the best GEMM rate
-measured in the same process (torch.mm, numpy's OpenBLAS, oneDNN on the LSTM's and the
-vocabulary layer's shapes): that rate is the bound a matmul-bound step cannot beat.
+measured in the same process (torch.mm, numpy's OpenBLAS, oneDNN float32 on the LSTM's and
+the vocabulary layer's shapes): that rate is the bound a matmul-bound float32 step cannot beat.
+oneDNN's bfloat16 rate is printed beside them, and each step is also timed with --precision
+bfloat16.
 
 `--threads-check` also times the main job (`lrcn-train solvers/caption_solver.prototxt`,
 --iterations, whole process) with --threads 1, --threads 2 and the default (adaptive), on the
@@ -274,9 +276,12 @@ def gemm_variants(M, K, N):
     out = numpy.empty((M, N), numpy.float32)
     found = {"torch.mm": lambda: torch.mm(a, w.t()),
              "OpenBLAS": lambda: numpy.matmul(a.numpy(), w.numpy().T, out=out)}
-    if torch.backends.mkldnn.is_available():
-        a_dnn, w_dnn = a.to_mkldnn(), w.to_mkldnn()
-        found["oneDNN"] = lambda: torch._C._nn.mkldnn_linear(a_dnn, w_dnn, None)
+    if gemm.ONEDNN_LINEAR is not None:
+        # On the dense tensors, as runtime.gemm calls it.
+        found["oneDNN"] = lambda: gemm.ONEDNN_LINEAR(a, w, None, "none", [], "")
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        a16, w16 = a.bfloat16(), w.bfloat16()
+        found["oneDNN bfloat16"] = lambda: gemm.ONEDNN_LINEAR(a16, w16, None, "none", [], "")
     return found
 
 
@@ -289,6 +294,17 @@ def with_torch_gemm(run):
         finally:
             gemm.FORCED = None
     return forced
+
+
+def in_bfloat16(run):
+    """`run` with --precision bfloat16 (runtime.gemm.set_precision)."""
+    def reduced():
+        gemm.set_precision("bfloat16")
+        try:
+            run()
+        finally:
+            gemm.set_precision("float32")
+    return reduced
 
 
 def timed(run):
@@ -380,8 +396,10 @@ def main():
     if args.threads:
         threads.set_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, numpy BLAS "
-          f"{gemm.NUMPY_BLAS}; load average {load()}")
+    bfloat16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, oneDNN products "
+          f"{gemm.ONEDNN_LINEAR is not None}, bfloat16 instructions {bfloat16}; "
+          f"load average {load()}")
 
     rates = {}
     for M, K, N in GEMM_SHAPES:
@@ -391,7 +409,9 @@ def main():
         print(f"GEMM {M}x{K} @ {K}x{N}: " + ", ".join(
             f"{name} {rate / 1e9:.0f}" for name, rate in rates[(M, K, N)].items())
             + " GFLOP/s (median)")
-    best_rate = max(max(r.values()) for r in rates.values())
+    # The float32 bound: the bfloat16 rate is printed, not used as the yardstick.
+    best_rate = max(rate for r in rates.values() for name, rate in r.items()
+                    if "bfloat16" not in name)
 
     found = workloads(torch.Generator().manual_seed(0))
     chosen = {name: steps for name, steps in found.items()
@@ -400,21 +420,27 @@ def main():
     for name, (ours, reference, _) in chosen.items():
         steps[(name, "ours")], steps[(name, "torch")] = ours, reference
         steps[(name, "torch GEMM")] = with_torch_gemm(ours)
+        if bfloat16:
+            steps[(name, "bfloat16")] = in_bfloat16(ours)
     times = measure(steps, args.reps)
     print(f"\nwhole train steps, median of {args.reps} after a warm-up, alternating; "
           f"rate = 3 x forward FLOPs / time, against the best GEMM rate "
           f"{best_rate / 1e9:.0f} GFLOP/s")
-    print("(ours, torch GEMM: the same run with LRCN_GEMM=torch, every product on torch.mm)")
+    print("(ours, torch GEMM: the same run with LRCN_GEMM=torch, every product on torch.mm; "
+          "ours, bfloat16: with --precision bfloat16)")
     print(f"| {'workload':<34} | {'ours ms':>8} | {'torch ms':>8} | {'ours/torch':>10} "
-          f"| {'ours, torch GEMM ms':>19} | {'ours GFLOP/s':>12} | {'x best GEMM':>11} |")
-    print(f"|{'-' * 36}|{'-' * 9}:|{'-' * 9}:|{'-' * 11}:|{'-' * 20}:|{'-' * 13}:|{'-' * 12}:|")
+          f"| {'ours, torch GEMM ms':>19} | {'ours, bfloat16 ms':>17} | {'ours GFLOP/s':>12} "
+          f"| {'x best GEMM':>11} |")
+    print(f"|{'-' * 36}|{'-' * 9}:|{'-' * 9}:|{'-' * 11}:|{'-' * 20}:|{'-' * 18}:|{'-' * 13}:"
+          f"|{'-' * 12}:|")
     for name, (_, _, flops) in chosen.items():
         ours, reference, torch_gemm = (statistics.median(times[(name, k)])
                                        for k in ("ours", "torch", "torch GEMM"))
+        reduced = statistics.median(times[(name, "bfloat16")]) if bfloat16 else float("nan")
         rate = 3 * flops / ours
         print(f"| {name:<34} | {ours * 1e3:8.1f} | {reference * 1e3:8.1f} "
-              f"| {ours / reference:10.2f} | {torch_gemm * 1e3:19.1f} | {rate / 1e9:12.1f} "
-              f"| {rate / best_rate:11.2f} |")
+              f"| {ours / reference:10.2f} | {torch_gemm * 1e3:19.1f} | {reduced * 1e3:17.1f} "
+              f"| {rate / 1e9:12.1f} | {rate / best_rate:11.2f} |")
     print(f"load average after: {load()}")
     if args.threads_check:
         threads_check(args.iterations, max(1, args.reps // 3),

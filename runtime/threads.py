@@ -1,4 +1,4 @@
-"""How many CPU threads torch (and numpy's OpenBLAS, runtime.gemm) run on.
+"""How many CPU threads torch (and the BLAS that numpy uses) run on.
 
 Three sources, first match wins:
   1. `--threads N` on a tool (every tool that runs a net has it): N, fixed.
@@ -57,13 +57,14 @@ def fixed_from_environment():
 
 
 def set_threads(count):
-    """Run torch's intra-op work and OpenBLAS's products on `count` threads."""
+    """Run torch's intra-op work (oneDNN's and MKL's products included) and numpy's BLAS on
+    `count` threads."""
     import torch        # here, so that a tool's --help does not load torch
     torch.set_num_threads(count)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
-        return      # runtime.gemm then never uses OpenBLAS (it needs threadpoolctl to find it)
+        return      # numpy's BLAS then keeps its own count (the nets' products are torch's)
     threadpool_limits(count, user_api="blas")
 
 
