@@ -279,7 +279,7 @@ def gemm_variants(M, K, N):
     if gemm.ONEDNN_LINEAR is not None:
         # On the dense tensors, as runtime.gemm calls it.
         found["oneDNN"] = lambda: gemm.ONEDNN_LINEAR(a, w, None, "none", [], "")
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if gemm.cpu_has_bfloat16():
         a16, w16 = a.bfloat16(), w.bfloat16()
         found["oneDNN bfloat16"] = lambda: gemm.ONEDNN_LINEAR(a16, w16, None, "none", [], "")
     return found
@@ -396,7 +396,7 @@ def main():
     if args.threads:
         threads.set_threads(args.threads)
     torch.manual_seed(0)
-    bfloat16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    bfloat16 = gemm.cpu_has_bfloat16()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, oneDNN products "
           f"{gemm.ONEDNN_LINEAR is not None}, bfloat16 instructions {bfloat16}; "
           f"load average {load()}")

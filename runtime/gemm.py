@@ -69,13 +69,18 @@ def set_precision(name):
     global _bfloat16
     if name not in PRECISIONS:
         raise ValueError(f"unknown precision {name!r} (choose from {', '.join(PRECISIONS)})")
-    if name == "bfloat16" and not torch.cuda.is_available() \
-            and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if name == "bfloat16" and not torch.cuda.is_available() and not cpu_has_bfloat16():
         raise ValueError("--precision bfloat16: this CPU has no bfloat16 instructions "
                          "(AVX512-BF16 or AMX), so it would run slower than float32")
     _bfloat16 = name == "bfloat16"
     torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
     torch.backends.cudnn.allow_tf32 = name == "tf32"
+
+
+def cpu_has_bfloat16():
+    """Whether this CPU has bfloat16 instructions that oneDNN uses (AVX512-BF16, AMX)."""
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and check())
 
 
 def precision():

@@ -151,7 +151,7 @@ def test_rule_keeps_transposed_left_operands_on_torch():
 
 # --- precision ---------------------------------------------------------------------------------
 
-bfloat16_cpu = pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+bfloat16_cpu = pytest.mark.skipif(not gemm.cpu_has_bfloat16(),
                                   reason="this CPU has no bfloat16 instructions")
 
 
@@ -215,7 +215,7 @@ def test_bfloat16_net_trains_close_to_float32(precision, monkeypatch):
 def test_precision_names_are_checked(precision, monkeypatch):
     with pytest.raises(ValueError, match="unknown precision 'half'"):
         precision("half")
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(gemm, "cpu_has_bfloat16", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no bfloat16 instructions"):
         precision("bfloat16")

@@ -27,7 +27,7 @@ import pytest
 import torch
 
 from lrcn_proto import caffe_pb2
-from runtime import cli
+from runtime import cli, gemm
 from runtime.weights import array_to_blob
 
 CENTERS = np.array([[0.0, 3.0], [3.0, -2.0], [-3.0, -2.0]], np.float32)
@@ -277,11 +277,9 @@ def test_solver_flag_iterations_and_stage(tmp_path, monkeypatch, capsys, restore
     assert not (tmp_path / "blobs_iter_100.caffemodel").exists()
 
 
-@pytest.mark.skipif(not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
-                    reason="this CPU has no bfloat16 instructions")
+@pytest.mark.skipif(not gemm.cpu_has_bfloat16(), reason="this CPU has no bfloat16 instructions")
 def test_precision_bfloat16_trains_close_to_float32(tmp_path, monkeypatch, capsys,
                                                    restore_signals):
-    from runtime import gemm
     solver = make_problem(tmp_path)
     solver.write_text(solver.read_text().replace("display: 50", "display: 10"))
     monkeypatch.chdir(tmp_path)
