@@ -37,7 +37,6 @@ from compiler.errors import CompileError
 from runtime import threads
 from runtime import transform as image_transform
 from runtime import weights as weight_files
-from runtime.net import Net
 from lrcn_apps.caption.coco import DataError, load_json
 from lrcn_apps.caption.text import Vocabulary, VocabularyError
 from lrcn_apps.cli import run_reporting_errors

@@ -109,13 +109,12 @@ class _LSTMScan(torch.autograd.Function):
         # gradients are dc_t (i, f, g) or dh_t (o) times factors[t].
         forget = f * ct                                  # dc_{t-1} = dc_t * cont_t * f_t
         through_h = o * (1 - tanh_c * tanh_c)            # dh_t -> dc_t
-        factors = torch.empty_like(gates)
-        d_i, d_f, d_o, d_g = factors.split(H, dim=2)
-        torch.mul(g, i * (1 - i), out=d_i)               # di = dc g sigmoid'(i)
-        torch.mul(cells[:T] * ct, f * (1 - f), out=d_f)  # df = dc cont c_{t-1} sigmoid'(f)
-        torch.mul(tanh_c, o * (1 - o), out=d_o)          # do = dh tanh(c) sigmoid'(o)
-        torch.mul(i, 1 - g * g, out=d_g)                 # dg = dc i tanh'(g)
-        d_gates = factors                                # scaled in place, step by step
+        # Not out= into views of one buffer: torch.compile refuses that (a graph break).
+        d_gates = torch.cat((g * (i * (1 - i)),                  # di = dc g sigmoid'(i)
+                             (cells[:T] * ct) * (f * (1 - f)),   # df = dc cont c_{t-1} sigm'(f)
+                             tanh_c * (o * (1 - o)),             # do = dh tanh(c) sigmoid'(o)
+                             i * (1 - g * g)), dim=2)            # dg = dc i tanh'(g)
+        # d_gates holds these factors; each step scales its own in place.
         dc = dc_T.clone() if dc_T is not None else gates.new_zeros(N, H)
         dh_next = None
         need_h0 = ctx.needs_input_grad[3]

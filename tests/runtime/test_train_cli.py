@@ -24,7 +24,6 @@ from collections import OrderedDict
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from lrcn_proto import caffe_pb2
 from runtime import cli, gemm
