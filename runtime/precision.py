@@ -9,9 +9,9 @@ def add_argument(parser):
     """--precision on a tool's argument parser."""
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                         help="arithmetic of the matrix products and convolutions: float32 "
-                             "(Caffe's, the default), bfloat16 (about twice as fast on CPUs "
-                             "with bfloat16 instructions; weights, states and losses stay "
-                             "float32) or tf32 (CUDA only)")
+                             "(Caffe's, the default), bfloat16 (products about twice as fast "
+                             "on CPUs with bfloat16 instructions, which pays on large layers; "
+                             "weights, states and losses stay float32) or tf32 (CUDA only)")
 
 
 def configure(parser, name):

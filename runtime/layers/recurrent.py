@@ -106,7 +106,7 @@ class _LSTMScan(torch.autograd.Function):
         H = H4 // 4
         i, f, o, g = gates.split(H, dim=2)
         # Per step t: dc_t = dc_{t+1} * forget[t + 1] + dh_t * through_h[t], and the gate
-        # gradients are dc_t (i, f, g) or dh_t (o) times factors[t].
+        # gradients are dc_t (i, f, g) or dh_t (o) times the factors below.
         forget = f * ct                                  # dc_{t-1} = dc_t * cont_t * f_t
         through_h = o * (1 - tanh_c * tanh_c)            # dh_t -> dc_t
         # Not out= into views of one buffer: torch.compile refuses that (a graph break).
