@@ -27,8 +27,8 @@ their updates, LSTM cell states, activations, losses. CPUs with bfloat16 instruc
 "tf32" lets CUDA's float32 products and convolutions use TF32 tensor cores (no effect on the
 CPU).
 
-`linear` is differentiable (an autograd.Function whose backward uses the same rule); `mm`
-and `addmm` are plain products for code that writes its own backward (the LSTM's scan).
+`linear` is differentiable (an autograd.Function whose forward and backward use `addmm` and
+`mm`); `mm` is also the plain product for code that writes its own backward (the LSTM's scan).
 """
 
 import os

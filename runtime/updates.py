@@ -141,7 +141,7 @@ def clip_gradients(diffs, threshold):
     sums = torch.stack([torch.dot(d.reshape(-1), d.reshape(-1)) for d in diffs])
     norm = math.sqrt(float(sums.double().sum()))
     if norm > threshold:
-        torch._foreach_mul_(list(diffs), threshold / norm)
+        torch._foreach_mul_(diffs, threshold / norm)
     return norm
 
 
