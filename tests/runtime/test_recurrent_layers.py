@@ -425,6 +425,87 @@ def test_fused_path_with_exposed_states():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
+def padded_cont(lengths, T, dtype=F64):
+    """cont of streams of these lengths followed by padding: 0 at t = 0, 1 while the
+    sentence lasts, 0 on every padded step (LRCN's caption batches)."""
+    cont = torch.zeros(T, len(lengths), dtype=dtype)
+    for n, length in enumerate(lengths):
+        cont[1:length, n] = 1
+    return cont
+
+
+def count_fused_calls(monkeypatch):
+    calls = []
+    real = LSTM.forward_fused
+    monkeypatch.setattr(LSTM, "forward_fused",
+                        lambda self, *a: calls.append(1) or real(self, *a))
+    return calls
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-6), (F64, 1e-12)])
+def test_fused_path_covers_padded_streams(monkeypatch, dtype, atol, static):
+    # Every padded step (cont 0 after t = 0) starts afresh from a zero state: the fused path
+    # runs the whole batch and gives those steps their one-step values, so that values,
+    # gradients and the state carried into the next call are the plain path's.
+    rng = np.random.default_rng(19)
+    T, N, D, H, Ds = 6, 5, 4, 3, 2
+    layer = make("LSTM", T, N, (D,), H, Ds=Ds if static else None, dtype=dtype)
+    calls = count_fused_calls(monkeypatch)
+    x = torch.tensor(rng.normal(size=(T, N, D)), dtype=dtype, requires_grad=True)
+    cont = padded_cont([6, 4, 1, 3, 5], T, dtype)
+    extra = [torch.tensor(rng.normal(size=(N, Ds)), dtype=dtype, requires_grad=True)]
+    (fused_tops, fused_grads), (plain_tops, plain_grads) = fused_and_plain(
+        layer, x, cont, *(extra if static else []))
+    assert calls == [1]
+    for a, b in zip(fused_tops + fused_grads, plain_tops + plain_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=atol)
+    # The final states (some streams end on a padded step) continue the next call alike.
+    follow = torch.tensor(rng.normal(size=(T, N, D)), dtype=dtype)
+    continued = []
+    for fused in (True, False):
+        layer.fused = fused
+        layer.reset_state()
+        layer(x.detach(), cont, *(e.detach() for e in extra[:int(static)]))
+        continued.append(layer(follow, torch.ones(T, N, dtype=dtype),
+                               *(e.detach() for e in extra[:int(static)]))[0])
+    torch.testing.assert_close(continued[0], continued[1], rtol=0, atol=atol)
+
+
+def test_fused_path_with_padding_and_exposed_states(monkeypatch):
+    rng = np.random.default_rng(20)
+    T, N, D, H = 4, 3, 3, 2
+    layer = make("LSTM", T, N, (D,), H, expose=True)
+    calls = count_fused_calls(monkeypatch)
+    x = t64(rng.normal(size=(T, N, D)))
+    cont = padded_cont([4, 2, 3], T)
+    cont[0, 1] = 1                       # a continued stream may be padded too
+    h0, c0 = t64(rng.normal(size=(1, N, H))), t64(rng.normal(size=(1, N, H)))
+    (fused, _), (plain, _) = fused_and_plain(layer, x, cont, h0, c0)
+    assert calls == [1]
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("later", [[1, 0, 1], [1, 0.5, 0.5], [2, 2, 2]])
+def test_fused_path_falls_back_unless_streams_end_in_padding(monkeypatch, later):
+    # Restarts after padding, or cont other than 0 and 1 after t = 0, need the plain path.
+    rng = np.random.default_rng(21)
+    T, N, D, H = 4, 2, 3, 2
+    layer = make("LSTM", T, N, (D,), H)
+    layer.fused = True
+    calls = count_fused_calls(monkeypatch)
+    cont = torch.ones(T, N, dtype=F64)
+    cont[0] = 0
+    cont[1:, 1] = torch.tensor(later, dtype=F64)
+    x = t64(rng.normal(size=(T, N, D)))
+    h = layer(x, cont)[0]
+    assert calls == []
+    layer.reset_state()
+    layer.fused = False
+    torch.testing.assert_close(h, layer(x, cont)[0], rtol=0, atol=0)
+
+
 def test_fused_path_falls_back_on_mid_sequence_restarts(monkeypatch):
     rng = np.random.default_rng(18)
     T, N, D, H = 4, 2, 3, 2
