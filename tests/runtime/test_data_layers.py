@@ -282,6 +282,44 @@ def test_image_data_skip_bad_records(tmp_path, caplog):
     assert "2 skipped so far" in caplog.text
 
 
+def test_image_data_decodes_each_image_once_and_rereads_edited_ones(tmp_path, monkeypatch):
+    from runtime.layers import data
+    decoded = []
+    real = data.read_image
+    monkeypatch.setattr(data, "read_image", lambda path, *a: decoded.append(path)
+                        or real(path, *a))
+    listing = make_images(tmp_path, 3)
+    text = image_layer(listing, 3, f'root_folder: "{tmp_path}/"', "crop_size: 4 mirror: true")
+    with prefetch.options(workers=0):       # each batch read when asked for: after the edit
+        unit, uncached = build(text, 5), build(text, 5)
+    uncached.decoded.budget = 0
+    epochs = batches(unit, 1)
+    decoded.clear()
+    epochs += batches(unit, 2)
+    assert decoded == []                     # the later epochs decode nothing
+    for a, b in zip(epochs, batches(uncached, 3)):
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    # Editing a file (new contents, new modification time) makes the layer decode it again.
+    edited = tmp_path / "img1.png"
+    Image.fromarray(np.full((12, 16, 3), 77, np.uint8)).save(edited)
+    status = os.stat(edited)
+    os.utime(edited, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+    decoded.clear()
+    data_after, _ = unit()
+    assert decoded == [str(edited)]
+    assert np.all(data_after[1].numpy() == 77)
+
+
+def test_image_data_cache_stays_within_its_budget(tmp_path):
+    listing = make_images(tmp_path, 4)
+    unit = build(image_layer(listing, 2, f'root_folder: "{tmp_path}/"'), phase="TEST")
+    one_image = 12 * 16 * 3
+    unit.decoded.budget = 2 * one_image + 1
+    first = batches(unit, 4)
+    assert unit.decoded.used == 2 * one_image
+    assert np.array_equal(first[0][0], first[2][0]) and np.array_equal(first[1][0], first[3][0])
+
+
 # --- the aligned caption layout ------------------------------------------------------------
 
 def test_aligned_caption_streams_match_their_images(tmp_path):
