@@ -34,6 +34,19 @@ def _broadcast(blob, num_axes, axis):
 # --------------------------------------------------------------------------- convolution
 
 
+def _in_cpu_map_layout(x):
+    """x in the layout the CPU's 2-D convolutions and MAX pooling run fastest on:
+    channels_last (N, H, W, C in memory). oneDNN convolves it directly and returns its result
+    in it, and torch's CPU MAX pooling is about 10x slower on the default layout, so maps stay
+    channels_last from the first convolution on and no layer changes their layout. Only the
+    memory order differs: shapes and values are the same, and every other layer takes either
+    layout."""
+    if x.dim() != 4 or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return x
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+
 class _ConvolutionBase(CaffeLayer):
     """Shared set-up of Convolution and Deconvolution; `_functions` maps the number of
     spatial axes to the torch op."""
@@ -58,7 +71,7 @@ class _ConvolutionBase(CaffeLayer):
     def forward(self, x):
         # Axes before `axis` are all batch-like: fold them into one so torch sees (N, C, ...).
         outer = x.shape[:self.axis]
-        x = x.reshape((-1,) + tuple(x.shape[self.axis:]))
+        x = _in_cpu_map_layout(x.reshape((-1,) + tuple(x.shape[self.axis:])))
         bias = self.blobs[1] if self.bias_term else None
         y = gemm.in_product_precision(self._convolve, x, self.blobs[0], bias)
         return (y.reshape(tuple(outer) + tuple(y.shape[1:])),)
@@ -129,6 +142,28 @@ def _max_pool(x, kernel, stride):
     return F.max_pool2d(x, kernel, stride, return_indices=True)
 
 
+def _torch_pooled_size(size, kernel, pad, stride, ceil_mode):
+    """torch's pooling output size on one axis (pooling_shape in its Pool.h): like Caffe's,
+    except that ceil mode drops a last window starting past size + pad even without padding."""
+    span = size + 2 * pad - kernel
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _torch_ceil_mode_for(attrs):
+    """The ceil_mode with which torch's F.max_pool2d lays its windows as Caffe does (start
+    i * stride - pad, as many as the compiler's output size), or None if neither does."""
+    if any(2 * p > k for p, k in zip(attrs.pad, attrs.kernel)):
+        return None         # torch refuses pad > kernel / 2; Caffe allows pad < kernel
+    for ceil_mode in (True, False):
+        if all(_torch_pooled_size(n, k, p, s, ceil_mode) == o for n, k, p, s, o in
+               zip(attrs.input_size, attrs.kernel, attrs.pad, attrs.stride, attrs.output_size)):
+            return ceil_mode
+    return None
+
+
 @register("Pooling")
 class Pooling(CaffeLayer):
     """MAX / AVE / STOCHASTIC pooling over (N, C, H, W) with Caffe's window rules.
@@ -148,6 +183,7 @@ class Pooling(CaffeLayer):
         self.pad, self.stride = attrs.pad, attrs.stride
         self.out_size, self.in_size = attrs.output_size, attrs.input_size
         self.with_mask = attrs.with_mask
+        self.torch_ceil_mode = _torch_ceil_mode_for(attrs)
         divisor_h, divisor_w = (torch.tensor(d, dtype=torch.float64) for d in attrs.ave_divisors)
         # Caffe's AVE divisor per output position (the compiler's, see PoolingAttrs).
         self.register_buffer("ave_divisor", divisor_h[:, None] * divisor_w[None, :],
@@ -204,6 +240,13 @@ class Pooling(CaffeLayer):
         return F.pad(y, (0, missing_w, 0, missing_h), value=value)
 
     def _max(self, x):
+        if self.torch_ceil_mode is not None:
+            # torch's windows are Caffe's: its indices (h * W + w of the input) are Caffe's
+            # mask, and its CPU backward adds each output's gradient to its argmax in output
+            # order, as Caffe's loop does.
+            y, index = F.max_pool2d(_in_cpu_map_layout(x), self.kernel, self.stride, self.pad,
+                                    ceil_mode=self.torch_ceil_mode, return_indices=True)
+            return y, (index.to(x.dtype) if self.with_mask else None)
         # Padding with -FLT_MAX never wins against an input value and reproduces Caffe's
         # -FLT_MAX for a window that holds no input element.
         live = self._live(x, self.pad)

@@ -290,6 +290,17 @@ POOL_CASES = [
 ]
 
 
+@pytest.mark.parametrize("case, ceil_mode", [(0, True), (1, True), (2, None), (3, True),
+                                              (5, True), (6, False), (7, False)])
+def test_max_pooling_uses_torch_windows_only_where_they_are_caffes(case, ceil_mode):
+    # torch's own padding (pad <= k / 2) and output size rule, where they give Caffe's
+    # windows; the explicit -FLT_MAX padding otherwise. Both paths are checked above and below
+    # against Caffe's loops (these cases include both).
+    params, _, _, _, in_hw, out_hw = POOL_CASES[case]
+    unit = pool_unit(f"pool: MAX {params}", (1, 1) + in_hw, (1, 1) + out_hw)
+    assert unit.torch_ceil_mode is ceil_mode
+
+
 @pytest.mark.parametrize("method", ["MAX", "AVE"])
 @pytest.mark.parametrize("params, kernel, stride, pad, in_hw, out_hw", POOL_CASES)
 def test_pooling_matches_caffe_loops(method, params, kernel, stride, pad, in_hw, out_hw):
@@ -304,6 +315,7 @@ def test_max_pool_window_past_the_input_gives_minus_flt_max():
     # p = 0, k 1 < s 2 on 4 rows: ceil(3 / 2) + 1 = 3 windows start 0, 2, 4; the last holds
     # no input (Caffe keeps it: its drop rule only applies with padding; torch drops it).
     unit = pool_unit("pool: MAX kernel_size: 1 stride: 2", (1, 1, 4, 4), (1, 1, 3, 3))
+    assert unit.torch_ceil_mode is None
     (y,) = unit(randn(1, 1, 4, 4))
     assert torch.all(y[0, 0, 2, :] == -FLT_MAX) and torch.all(y[0, 0, :, 2] == -FLT_MAX)
     assert torch.all(y[0, 0, :2, :2] > -FLT_MAX)
@@ -360,7 +372,7 @@ def caffe_max_pool_backward(x, top_diff, kernel, stride, pad):
     return bottom_diff
 
 
-@pytest.mark.parametrize("case", [0, 1, 3])
+@pytest.mark.parametrize("case", [0, 1, 2, 3])       # 2: the explicit padding path
 def test_max_pool_gradient_with_ties_goes_to_caffes_argmax(case):
     # ReLU'd integer maps hold many equal maxima (whole windows of zeros): the gradient must
     # reach the first one, as Caffe's mask does, in float32 on a batch of several channels.
