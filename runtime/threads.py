@@ -22,6 +22,8 @@ import os
 import statistics
 import time
 
+from runtime import allocator
+
 ENVIRONMENT_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 _governor = None     # the process's ThreadGovernor while threads are adaptive
@@ -69,12 +71,14 @@ def set_threads(count):
 
 
 def configure(threads=None):
-    """Apply a tool's --threads (None: the environment's number, else adaptive).
+    """Apply a tool's --threads (None: the environment's number, else adaptive), and keep
+    freed memory for reuse (runtime.allocator): every tool that runs a net calls this.
 
     Raises ValueError for a count below 1."""
     global _governor
     if threads is not None and threads < 1:
         raise ValueError(f"--threads needs at least 1 thread, got {threads}")
+    allocator.configure()
     fixed = threads if threads is not None else fixed_from_environment()
     if fixed is not None:
         _governor = None
