@@ -6,7 +6,10 @@ mirror, mean values, batch 32). For each worker count it reports:
 - loader only: images/s when nothing else runs (forward() called back to back);
 - with consumer: images/s when every batch is also fed to a small conv net on CPU, i.e. what
   training would see. With workers >= 1 loading overlaps the net, so the step costs about
-  max(load, compute) instead of load + compute.
+  max(load, compute) instead of load + compute;
+- images kept: loader only from the second epoch on, when the layer serves the images it
+  decoded in the first (ImageData keeps them, up to its budget); the first two columns have
+  that turned off, so that every read decodes.
 The consumer's own rate (the net alone on ready batches) is printed too.
 
     python bench/bench_loader.py [--images 192] [--batches 6] [--rounds 3] [--threads N]
@@ -61,7 +64,7 @@ def make_images(folder, count):
     return listing
 
 
-def image_data_unit(folder, listing, workers):
+def image_data_unit(folder, listing, workers, keep_images=False):
     text = (f'layer {{ name: "data" type: "ImageData" top: "data" top: "label" '
             f'transform_param {{ mirror: true crop_size: 227 mean_value: 104 mean_value: 117 '
             f'mean_value: 123 }} image_data_param {{ source: "{listing}" '
@@ -69,7 +72,10 @@ def image_data_unit(folder, listing, workers):
             f'shuffle: true }} }}')
     with prefetch.options(workers=workers):
         layer = compiled_layer(text, [])
-        return unit_for("ImageData")(layer, torch.Generator().manual_seed(1701))
+        unit = unit_for("ImageData")(layer, torch.Generator().manual_seed(1701))
+    if not keep_images:
+        unit.decoded.budget = 0
+    return unit
 
 
 def consumer():
@@ -95,7 +101,7 @@ def main():
         torch.set_num_threads(args.threads)
     net = consumer()
     ready = torch.randn(BATCH, 3, 227, 227)
-    results = {workers: ([], []) for workers in (0, 1, 2)}
+    results = {workers: ([], [], []) for workers in (0, 1, 2)}
     net_rates = []
     with tempfile.TemporaryDirectory() as folder:
         listing = make_images(folder, args.images)
@@ -103,7 +109,7 @@ def main():
         for _ in range(args.rounds):
             with torch.no_grad():
                 net_rates.append(rate(lambda: net(ready), args.batches))
-            for workers, (alone, together) in results.items():
+            for workers, (alone, together, kept) in results.items():
                 unit = image_data_unit(folder, listing, workers)
                 alone.append(rate(unit, args.batches))
 
@@ -114,17 +120,24 @@ def main():
 
                 together.append(rate(train_step, args.batches))
                 unit.close()
+                unit = image_data_unit(folder, listing, workers, keep_images=True)
+                for _ in range(-(-args.images // BATCH)):      # the first epoch decodes
+                    unit()
+                kept.append(rate(unit, args.batches))
+                unit.close()
     print(f"ImageData, batch {BATCH}, 320x240 JPEG -> 256x256 warp -> 227 crop + mirror; "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; "
           f"median of {args.rounds} rounds")
     print(f"consumer alone (conv net forward on CPU): {statistics.median(net_rates):8.1f} "
           "images/s")
     print()
-    print("| workers | loader only (images/s) | loader + consumer (images/s) |")
-    print("|--------:|-----------------------:|----------------------------:|")
-    for workers, (alone, together) in results.items():
+    print("| workers | loader only (images/s) | loader + consumer (images/s) "
+          "| loader only, images kept (images/s) |")
+    print("|--------:|-----------------------:|----------------------------:"
+          "|------------------------------------:|")
+    for workers, (alone, together, kept) in results.items():
         print(f"| {workers:7d} | {statistics.median(alone):22.1f} | "
-              f"{statistics.median(together):27.1f} |")
+              f"{statistics.median(together):27.1f} | {statistics.median(kept):35.1f} |")
 
 
 if __name__ == "__main__":
