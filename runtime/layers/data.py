@@ -353,8 +353,8 @@ class DecodedImages:
     """Decoded images kept in memory between epochs, up to `budget` bytes, so that a list read
     again and again is decoded once. Decoding a small PNG is mostly Python work in Pillow
     that holds the GIL, so a prefetch thread cannot hide it (the main job: ~8 ms of a ~90 ms
-    step). An entry serves only while its file has the size and modification time it was
-    decoded from: an image edited during training is read again, as Caffe, which decodes
+    step). An entry serves only while its file has the size, modification time and inode it
+    was decoded from: an image edited during training is read again, as Caffe, which decodes
     every time, would. Once the budget is spent no more entries are added; evicting would not
     help a list that is read in order, epoch after epoch."""
 

@@ -46,7 +46,6 @@ def _in_cpu_map_layout(x):
     return x.contiguous(memory_format=torch.channels_last)
 
 
-
 class _ConvolutionBase(CaffeLayer):
     """Shared set-up of Convolution and Deconvolution; `_functions` maps the number of
     spatial axes to the torch op."""
