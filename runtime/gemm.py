@@ -8,11 +8,16 @@ thread and on several, and it runs on torch's own OpenMP threads (numpy's OpenBL
 before, was as fast but fought torch's threads for the cores). The rule, applied per product:
 
     oneDNN when the product is on the CPU, float32, outside autocast and torch.compile, has
-    at least MIN_MACS multiply-adds and a left operand stored by rows (not a transposed
-    view: oneDNN would copy it), and torch was built with oneDNN; torch otherwise
-    (torch.mm / torch.addmm: MKL on CPU, cuBLAS on CUDA).
+    at least MIN_MACS multiply-adds, and either a left operand stored by rows or one that
+    sums over at most MAX_COPIED_COLUMNS columns (which is copied to rows first), and torch
+    was built with oneDNN; torch otherwise (torch.mm / torch.addmm: MKL on CPU, cuBLAS on
+    CUDA).
 
 Small products stay on torch: oneDNN's ~30 us call overhead costs more than it saves there.
+A transposed left operand is a weight gradient's dy.T @ x: summing over a small batch (the
+fully connected layers of a CNN) it is a small copy, and oneDNN then runs 1.2 to 1.6 times
+MKL's rate; summing over thousands of rows (an LSTM's T x N) the copy costs what oneDNN saves,
+and MKL reads the operand as it is.
 The rule is fixed rather than timed per run so that a run repeats bit for bit. LRCN_GEMM=torch
 (or onednn) in the environment overrides it for every product (onednn still only where it
 applies).
@@ -39,6 +44,8 @@ from runtime.precision import PRECISIONS
 
 MIN_MACS = 1 << 22      # 50 x 256 x 1024 (a caption-net LSTM step) is 1.3e7 and gains 1.4x;
                         # 10 x 256 x 1024 (2.6e6) is slower on oneDNN than on torch
+MAX_COPIED_COLUMNS = 512    # dy.T @ x over 10-512 rows: 1.1-1.6x faster copied to oneDNN;
+                            # over 1000-2000 rows (LSTM weight gradients) MKL is as fast or faster
 
 # "torch" or "onednn" forces that library wherever it applies (LRCN_GEMM; tests set it).
 FORCED = os.environ.get("LRCN_GEMM", "").strip().lower() or None
@@ -111,13 +118,16 @@ def backend(a, b):
             or torch.is_autocast_enabled("cpu")):
         return "torch"
     if FORCED != "onednn" and (a.shape[0] * a.shape[1] * b.shape[1] < MIN_MACS
-                               or a.stride(1) != 1):
-        return "torch"      # oneDNN would copy a transposed left operand; MKL reads it as is
+                               or (a.stride(1) != 1 and a.shape[1] > MAX_COPIED_COLUMNS)):
+        return "torch"
     return "onednn"
 
 
 def _onednn(a, b, bias=None):
-    # x @ w.T + b with w = b.T: oneDNN reads transposed views as they are, without copies.
+    # x @ w.T + b with w = b.T: oneDNN reads a transposed right operand as it is; a left one
+    # not stored by rows it copies itself, more slowly than .contiguous() does.
+    if a.stride(1) != 1:
+        a = a.contiguous()
     return ONEDNN_LINEAR(a, b.t(), bias, "none", [], "")
 
 

@@ -144,9 +144,29 @@ def test_layers_agree_between_libraries(kind, monkeypatch):
 
 
 @needs_onednn
-def test_rule_keeps_transposed_left_operands_on_torch():
-    # oneDNN would copy a transposed left operand (the weight gradients' d.T @ x); MKL reads it.
-    assert gemm.backend(big(1000, 2000).t(), big(1000, 4000)) == "torch"
+def test_rule_keeps_transposed_left_operands_summing_over_many_rows_on_torch():
+    # An LSTM's weight gradient d.T @ x over T x N rows: the copy would cost what oneDNN saves.
+    assert gemm.backend(big(2000, 4000).t(), big(2000, 1000)) == "torch"
+    columns = gemm.MAX_COPIED_COLUMNS
+    assert gemm.backend(big(columns + 1, 4096).t(), big(columns + 1, 9216)) == "torch"
+
+
+@needs_onednn
+def test_rule_takes_transposed_left_operands_summing_over_a_batch_to_onednn():
+    # A fully connected layer's weight gradient over a batch of 10 (CaffeNet's fc6).
+    assert gemm.backend(big(10, 4096).t(), big(10, 9216)) == "onednn"
+    columns = gemm.MAX_COPIED_COLUMNS
+    assert gemm.backend(big(columns, 4096).t(), big(columns, 9216)) == "onednn"
+
+
+@needs_onednn
+def test_transposed_left_operands_on_onednn_match_torch():
+    g = torch.Generator().manual_seed(0)
+    dy, x = torch.randn(10, 700, generator=g), torch.randn(10, 900, generator=g)
+    assert gemm.backend(dy.t(), x) == "onednn"
+    torch.testing.assert_close(gemm.mm(dy.t(), x), torch.mm(dy.t(), x))
+    strided = torch.randn(20, 1400, generator=g)[::2, ::2]        # neither rows nor columns
+    torch.testing.assert_close(gemm.mm(strided.t(), x), torch.mm(strided.t(), x))
 
 
 # --- precision ---------------------------------------------------------------------------------
