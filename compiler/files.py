@@ -13,6 +13,8 @@ the umask, and a symbolic link is written through (its target is replaced, the l
 import os
 import re
 import secrets
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from .errors import CompileError
 
@@ -27,15 +29,25 @@ def temporary_path(path):
                                    f"{TEMPORARY_SUFFIX}")
 
 
-def write_files_atomically(files):
+class WriteAbandoned(Exception):
+    """A set given up before its renames (BackgroundWriter.abandon): nothing was replaced."""
+
+
+def write_files_atomically(files, abandoned=None):
     """Write [(path, bytes), ...] as one set: every file complete on disk, then the renames in
-    the given order. A failure removes the temporaries and raises CompileError naming the file."""
+    the given order. A failure removes the temporaries and raises CompileError naming the file.
+    `abandoned` (a threading.Event) set before the renames gives the set up the same way and
+    raises WriteAbandoned."""
     pending, current = [], None
     try:
         for path, data in files:
+            if abandoned is not None and abandoned.is_set():
+                raise WriteAbandoned(path)
             current = path
             target = os.path.realpath(path)
             pending.append((target, _write_temporary(target, data)))
+        if abandoned is not None and abandoned.is_set():
+            raise WriteAbandoned(current)
         for (target, temporary), (path, _) in zip(pending, files):
             current = path
             os.replace(temporary, target)
@@ -48,6 +60,65 @@ def write_files_atomically(files):
         for _, temporary in pending:
             if os.path.lexists(temporary):
                 os.unlink(temporary)
+
+
+class BackgroundWriter:
+    """Writes file sets (write_files_atomically) on one background thread, so that the caller
+    does not wait on the disk: flushing a snapshot to disk takes seconds on a slow or network
+    disk, and a trainer goes on meanwhile. One set at a time, in order: submit() first waits
+    for the set before it. A failed write's CompileError is raised by the next submit(),
+    check() or wait(). abandon() gives the set being written up (a user stopping at once)."""
+
+    def __init__(self):
+        self._executor = None
+        self._pending = None
+        self._abandoned = threading.Event()
+
+    def submit(self, files):
+        self.wait()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1,
+                                                thread_name_prefix="lrcn-file-writer")
+        self._abandoned.clear()
+        self._pending = self._executor.submit(write_files_atomically, files, self._abandoned)
+
+    def check(self):
+        """Raise the error of a write that has failed; never waits."""
+        if self._pending is not None and self._pending.done():
+            self.wait()
+
+    def wait(self):
+        """Return once the set submitted last is on disk (or raise why it is not)."""
+        pending = self._pending
+        if pending is None:
+            return
+        try:
+            pending.result()
+        finally:
+            if pending.done():      # not when a signal interrupted the wait: abandon() needs it
+                self._pending = None
+
+    def abandon(self):
+        """Give up the set being written, unless its renames have begun: its temporaries are
+        removed once the file being flushed is done (a flush cannot be interrupted); the files
+        it would have replaced stay as they were. Errors are not raised: the caller is
+        stopping."""
+        self._abandoned.set()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            try:
+                pending.result()
+            except (WriteAbandoned, CompileError):
+                pass
+
+    def wait_quietly(self):
+        """wait(), returning the write's error instead of raising it (for a caller that is
+        already handling another error)."""
+        try:
+            self.wait()
+        except CompileError as error:
+            return error
+        return None
 
 
 def write_bytes_atomically(path, data):

@@ -17,7 +17,9 @@ The three files are one set, written by compiler.files.write_files_atomically: a
 disk before any is renamed into place, and the .solverstate goes last, so a kill at any instant
 leaves the newest complete set or the one before. The sidecar records the SHA-256 of the
 .caffemodel and .solverstate it was written with, and resuming refuses a set whose files do not
-belong together.
+belong together. The snapshots step() takes are written on a background thread while training
+goes on (their contents are taken at the snapshot's iteration; only the disk waits), and step()
+returns once they are on disk; snapshot() called directly returns with its files on disk.
 """
 
 import hashlib
@@ -118,6 +120,7 @@ class Solver:
         self.last_outputs = {}
         self.last_test_scores = {}
         self._last_snapshot_iter = None
+        self._writes = files.BackgroundWriter()     # snapshots step() takes
         self._synchronised = False     # rank 0's weights broadcast (several ranks only)
         self._rank_states = None       # every rank's run state from a resumed sidecar
 
@@ -205,15 +208,29 @@ class Solver:
 
     def step(self, iterations):
         """Run `iterations` training iterations (Caffe's Solver::Step)."""
-        param = self.param
         stop_iter = self.iter + iterations
         if not self._continue_window:
             self._losses, self._smoothed_loss, self._window_start = [], 0.0, self.iter
         self._continue_window = False
-        timer, iterations_last = time.perf_counter(), self.iter
         if self.world is not None and not self._synchronised:
             self._synchronise()
+        try:
+            self._iterate(stop_iter)
+            self._writes.wait()
+        except KeyboardInterrupt:
+            self._writes.abandon()      # stopping at once: an unfinished snapshot is given up
+            raise
+        except BaseException:
+            unwritten = self._writes.wait_quietly()
+            if unwritten is not None:
+                self.log(f"error: a snapshot was not written: {unwritten}")
+            raise
+
+    def _iterate(self, stop_iter):
+        param = self.param
+        timer, iterations_last = time.perf_counter(), self.iter
         while self.iter < stop_iter:
+            self._writes.check()
             self._clear_diffs()
             if (param.test_interval and self.iter % param.test_interval == 0
                     and (self.iter > 0 or param.test_initialization)):
@@ -253,7 +270,7 @@ class Solver:
                 action = agreed
             if (param.snapshot and self.iter % param.snapshot == 0) or action == "snapshot" \
                     or action == "stop":
-                self.snapshot()
+                self.snapshot(background=True)
             if action == "stop":
                 self.stopped_early = True
                 break
@@ -408,9 +425,10 @@ class Solver:
             prefix = os.path.splitext(self.solver_file)[0]
         return prefix
 
-    def snapshot(self):
+    def snapshot(self, background=False):
         """Write <prefix>_iter_<N>.caffemodel, .solverstate and the .lrcn sidecar as one set
-        (module docstring): the .solverstate, renamed last, commits it."""
+        (module docstring): the .solverstate, renamed last, commits it. With `background`
+        the files are written while the caller goes on (step() waits for them)."""
         self._last_snapshot_iter = self.iter
         rank_states = self._gather_rank_states() if self.world is not None else None
         if not self.is_root:
@@ -433,8 +451,10 @@ class Solver:
             sidecar_state.update(world_size=self.world.size, ranks=rank_states)
         sidecar = run_state.encode(sidecar_state)
         self.log(f"Snapshotting solver state to binary proto file {state_file}")
-        files.write_files_atomically([(model_file, model_bytes), (state_file + ".lrcn", sidecar),
-                                      (state_file, state_bytes)])
+        self._writes.submit([(model_file, model_bytes), (state_file + ".lrcn", sidecar),
+                             (state_file, state_bytes)])
+        if not background:
+            self._writes.wait()
         return model_file, state_file
 
     def remove_stale_temporaries(self):

@@ -31,8 +31,8 @@ def test_a_second_signal_during_the_snapshot_stops_at_once(tmp_path, monkeypatch
             time.sleep(1)                         # the handler runs long before this ends
         return write_temporary(target, data)
 
-    def snapshot_set(pairs):
-        write_set(pairs)
+    def snapshot_set(pairs, *options):
+        write_set(pairs, *options)
         sets.append(pairs[0][0])
         if len(sets) == 2:
             os.kill(os.getpid(), signal.SIGTERM)
