@@ -41,7 +41,7 @@ from compiler.shapes import ShapeContext
 from runtime import prefetch, sharding
 from runtime.layers.base import CaffeLayer
 from runtime.layers.registry import register
-from runtime.transform import decode_image, load_mean_file, resize_bilinear
+from runtime.transform import DecodedImages, decode_image, load_mean_file, resize_bilinear
 from lrcn_apps.activity import video_shapes
 from lrcn_apps.activity.clips import (ClipSample, clip_frame_indices, clip_markers,
                                   evaluation_clip_starts, sample_clip)
@@ -60,7 +60,7 @@ def _location(layer):
 # Frames on disk
 
 class VideoSource:
-    """The videos of a list file and their frames (decoded BGR, resized, LRU-cached)."""
+    """The videos of a list file and their frames (decoded BGR, resized, kept in memory)."""
 
     def __init__(self, layer_param, naming_file=None, location=(None, None, None),
                  cache_bytes=FRAME_CACHE_BYTES):
@@ -71,10 +71,7 @@ class VideoSource:
         self.size = (param.new_height, param.new_width) if param.new_height > 0 else None
         self.frame_counts = np.array([e.num_frames for e in self.entries], dtype=np.int64)
         self.labels = np.array([e.label for e in self.entries], dtype=np.int64)
-        self._cache = collections.OrderedDict()
-        self._cache_bytes = 0
-        self._cache_limit = cache_bytes
-        self._lock = threading.Lock()
+        self.decoded = DecodedImages(cache_bytes, least_recent=True)
 
     def __len__(self):
         return len(self.entries)
@@ -84,33 +81,22 @@ class VideoSource:
         return self.entries[video].folder.rstrip("/").split("/")[-1]
 
     def frame(self, video, index):
-        """Frame `index` (0-based) of video `video` as (H, W, 3) uint8 BGR."""
-        key = (video, int(index))
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-                return cached
+        """Frame `index` (0-based) of video `video` as (H, W, 3) uint8 BGR (read-only: it may
+        be the copy kept for the next clip that shows it)."""
         entry = self.entries[video]
         path = video_shapes.frame_file(self.root, entry, int(index))
         where = (self.list_file, None)
-        try:
+
+        def decode():
             image = decode_image(path, True, where)
+            return image if self.size is None else resize_bilinear(image, *self.size)
+        try:
+            return self.decoded.read((video, int(index)), path, decode)
         except data_sources.MissingSource:
             raise CompileError(f"video {entry.folder}: frame {index + 1} of {entry.num_frames} "
                                f"not found: {path}", *where,
                                hint="the list's num_frames must not exceed the frames in the "
                                     "folder (re-run lrcn-activity-data)") from None
-        if self.size is not None:
-            image = resize_bilinear(image, *self.size)
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = image
-                self._cache_bytes += image.nbytes
-                while self._cache_bytes > self._cache_limit and self._cache:
-                    _, dropped = self._cache.popitem(last=False)
-                    self._cache_bytes -= dropped.nbytes
-        return image
 
     def clip(self, video, frames):
         """(T, H, W, 3) uint8 frames of one clip."""

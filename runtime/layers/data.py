@@ -14,7 +14,6 @@ The Python layer unit lives in runtime/python_layer.py and is registered by impo
 
 import collections
 import logging
-import os
 import threading
 from dataclasses import dataclass
 
@@ -30,8 +29,8 @@ from runtime import python_layer  # noqa: F401  (registers the "Python" unit)
 from runtime.fillers import fill_
 from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
-from runtime.transform import (DataTransformer, decode_image, load_mean_file, read_image,
-                               resize_bilinear)
+from runtime.transform import (DataTransformer, DecodedImages, decode_image, load_mean_file,
+                               read_image, resize_bilinear)
 
 log = logging.getLogger("lrcn.data")
 
@@ -349,46 +348,7 @@ class _OrderedRecords:
             return self._orders[epoch]
 
 
-class DecodedImages:
-    """Decoded images kept in memory between epochs, up to `budget` bytes, so that a list read
-    again and again is decoded once. Decoding a small PNG is mostly Python work in Pillow
-    that holds the GIL, so a prefetch thread cannot hide it (the main job: ~8 ms of a ~90 ms
-    step). An entry serves only while its file has the size, modification time and inode it
-    was decoded from: an image edited during training is read again, as Caffe, which decodes
-    every time, would. Once the budget is spent no more entries are added; evicting would not
-    help a list that is read in order, epoch after epoch."""
-
-    def __init__(self, budget):
-        self.budget = budget
-        self.used = 0
-        self._entries = {}
-        self._lock = threading.Lock()
-
-    def read(self, key, path, decode):
-        """decode() of the file at `path`, or the copy kept under `key` from an earlier call
-        on the same file contents. The arrays it returns are shared: they are read-only."""
-        try:
-            status = os.stat(path)
-        except OSError:
-            return decode()         # which reports the missing file as decoding it would
-        stamp = (status.st_mtime_ns, status.st_size, status.st_ino)
-        kept = self._entries.get(key)
-        if kept is not None and kept[0] == stamp:
-            return kept[1]
-        image = decode()
-        image.flags.writeable = False
-        with self._lock:
-            if kept is not None and self._entries.get(key) is kept:
-                del self._entries[key]
-                self.used -= kept[1].nbytes
-            if self.used + image.nbytes <= self.budget:
-                self._entries[key] = (stamp, image)
-                self.used += image.nbytes
-        return image
-
-
-# Decoded images an ImageData layer keeps (its DecodedImages budget), like the activity video
-# layer's frame cache.
+# Decoded images an ImageData layer keeps (its DecodedImages budget).
 IMAGE_CACHE_BYTES = 256 << 20
 
 

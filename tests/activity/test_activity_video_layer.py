@@ -270,6 +270,32 @@ def test_missing_frame_names_the_video(tree):
         unit()
 
 
+
+def test_frames_are_decoded_once_and_reread_once_edited(tree, monkeypatch):
+    decoded = []
+    real = video_layer.decode_image
+    monkeypatch.setattr(video_layer, "decode_image",
+                        lambda path, *a: decoded.append(path) or real(path, *a))
+    text = layer_text(tree / "list.txt", clip_length=2, clips_per_batch=1,
+                      extra="shuffle: false test_stride: 8")
+    unit = build(text, phase="TEST")
+    first = batches(unit, 6)                     # two clips per video, none sharing a frame
+    assert len(decoded) == 12
+    decoded.clear()
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(first, batches(unit, 6)))
+    assert decoded == []                         # the second pass decodes nothing
+    edited = tree / "frames" / "v_video1" / frame_file_name("v_video1", 0)
+    Image.fromarray(frame_pixels(2, 9)).save(edited, format="PNG")
+    status = os.stat(edited)
+    os.utime(edited, ns=(status.st_atime_ns, status.st_mtime_ns + 10**9))
+    batches(unit, 2)                             # video 0's clips
+    decoded.clear()
+    data, _, _ = unit()                          # video 1's first clip: frames 0 and 1
+    assert decoded == [str(edited)]
+    videos, frames, _, _ = decode_rows(data)
+    assert videos.tolist() == [2, 1] and frames.tolist() == [9, 1]
+
+
 def test_project_field_parses_in_a_layer():
     layer = compiler.parse_text(layer_text("x.txt", extra="is_flow: true"), "net").layer[0]
     assert isinstance(layer.video_data_param, caffe_pb2.VideoDataParameter)

@@ -8,8 +8,8 @@ from PIL import Image
 from compiler import data_sources
 from compiler.errors import CompileError
 from lrcn_proto import caffe_pb2
-from runtime.transform import (DataTransformer, bgr_to_gray, decode_image, read_image,
-                               resize_bilinear)
+from runtime.transform import (DataTransformer, DecodedImages, bgr_to_gray, decode_image,
+                               read_image, resize_bilinear)
 
 
 def transform_param(**fields):
@@ -273,3 +273,50 @@ def test_needs_random_follows_caffe():
     assert not DataTransformer(transform_param(crop_size=3), "TEST").needs_random
     assert DataTransformer(transform_param(crop_size=3), "TRAIN").needs_random
     assert DataTransformer(transform_param(mirror=True), "TEST").needs_random
+
+
+# --- decoded images kept in memory -----------------------------------------------------------
+
+def cached_reads(tmp_path, least_recent, keys):
+    """Read the files named by `keys` in order through a DecodedImages with room for two
+    12-byte images; return the keys each read decoded, and the cache."""
+    decoded = []
+    for key in set(keys):
+        (tmp_path / key).write_bytes(b"x")
+    cache = DecodedImages(2 * 12, least_recent=least_recent)
+    for key in keys:
+        cache.read(key, str(tmp_path / key),
+                   lambda key=key: decoded.append(key) or np.zeros((2, 2, 3), np.uint8))
+    return decoded, cache
+
+
+def test_decoded_images_keep_the_first_ones_read_by_default(tmp_path):
+    decoded, cache = cached_reads(tmp_path, False, ["a", "b", "c", "a", "b", "c"])
+    assert decoded == ["a", "b", "c", "c"]           # full after a, b: c is never kept
+    assert cache.used == 24
+
+
+def test_decoded_images_least_recent_gives_way(tmp_path):
+    decoded, cache = cached_reads(tmp_path, True, ["a", "b", "a", "c", "a", "b"])
+    assert decoded == ["a", "b", "c", "b"]           # c evicts b (a was used since), b evicts c
+    assert cache.used == 24
+
+
+def test_decoded_images_are_read_only_and_reread_once_edited(tmp_path):
+    path = tmp_path / "a"
+    path.write_bytes(b"x")
+    cache = DecodedImages(1 << 20)
+    first = cache.read("a", str(path), lambda: np.zeros(3, np.uint8))
+    assert cache.read("a", str(path), lambda: np.ones(3, np.uint8)) is first
+    with pytest.raises(ValueError):
+        first[0] = 1
+    path.write_bytes(b"xy")                          # new size: the kept copy is stale
+    assert cache.read("a", str(path), lambda: np.ones(3, np.uint8)).tolist() == [1, 1, 1]
+    assert cache.used == 3
+
+
+def test_decoded_images_let_decode_report_a_missing_file(tmp_path):
+    def decode():
+        raise CompileError("not found")
+    with pytest.raises(CompileError, match="not found"):
+        DecodedImages(1 << 20).read("a", str(tmp_path / "absent"), decode)
