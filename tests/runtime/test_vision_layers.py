@@ -91,6 +91,26 @@ def caffe_lrn_across(x, size, alpha, beta, k):
     return out
 
 
+def caffe_lrn_across_backward(x, dy, size, alpha, beta, k):
+    """lrn_layer.cpp CrossChannelBackward_cpu: dx = dy scale^-beta - 2 alpha beta / size * x *
+    (running sum over each channel's window of dy * y / scale)."""
+    n, c, h, w = x.shape
+    pre = (size - 1) // 2
+    scale = np.stack([k + alpha / size * (x[:, max(0, i - pre):i - pre + size] ** 2).sum(axis=1)
+                      for i in range(c)], axis=1)
+    y = x * scale ** -beta
+    inverse_pre = size - (size + 1) // 2
+    padded_ratio = np.zeros((n, c + size - 1, h, w))
+    padded_ratio[:, inverse_pre:inverse_pre + c] = dy * y / scale
+    dx = dy * scale ** -beta
+    accum = padded_ratio[:, :size - 1].sum(axis=1)
+    for i in range(c):
+        accum = accum + padded_ratio[:, i + size - 1]
+        dx[:, i] -= 2 * alpha * beta / size * x[:, i] * accum
+        accum = accum - padded_ratio[:, i]
+    return dx
+
+
 def caffe_lrn_within(x, size, alpha, beta):
     n, c, h, w = x.shape
     pre = (size - 1) // 2
@@ -443,6 +463,19 @@ def test_lrn_across_channels_matches_loop(size):
     (y,) = unit(x)
     np.testing.assert_allclose(y.numpy(), caffe_lrn_across(x.numpy(), size, 0.7, 0.6, 2.0),
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 9])
+def test_lrn_across_channels_backward_matches_caffe(size):
+    text = layer_text("LRN", f"lrn_param {{ local_size: {size} alpha: 0.7 beta: 0.6 k: 2 }}")
+    unit = build(text, [(2, 7, 3, 3)], [(2, 7, 3, 3)]).double()
+    x, dy = randn(2, 7, 3, 3), randn(2, 7, 3, 3, seed=2)
+    x.requires_grad_(True)
+    (y,) = unit(x)
+    y.backward(dy)
+    expected = caffe_lrn_across_backward(x.detach().numpy(), dy.numpy(), size, unit.alpha,
+                                         unit.beta, unit.k)   # the fields' float32 values
+    np.testing.assert_allclose(x.grad.numpy(), expected, rtol=1e-10, atol=1e-12)
 
 
 def test_lrn_within_channel_matches_loop_and_ignores_k():
