@@ -293,9 +293,10 @@ def _channel_window_sums(t, size):
 class _LRNAcrossChannels(torch.autograd.Function):
     """y = x * scale^-beta, scale = k + alpha / n * (sum of x^2 over the n channels centred on
     each), with lrn_layer.cpp's backward (CrossChannelBackward):
-        dx = dy * scale^-beta - (2 alpha beta / n) * x * (sum over the same window of dy y / scale).
-    Autograd of the forward would take ~25 tensor operations, five of them zero-filled
-    gradients of channel slices; this is 8 (CaffeNet's two LRN layers: 17 -> 9 ms a step)."""
+        dx = dy * scale^-beta - (2 alpha beta / n) * x * (window sum of dy * y / scale).
+    Autograd of the forward would differentiate every channel slice of the window separately
+    (each a zero-filled gradient the size of x) and the power; Caffe's formula needs one window
+    sum. CaffeNet's two LRN layers, forward and backward, measured alone: 13.1 -> 7.7 ms."""
 
     @staticmethod
     def forward(ctx, x, size, alpha, beta, k):
