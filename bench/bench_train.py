@@ -2,16 +2,19 @@
 
 Workloads: CaffeNet (batch 10, 227 x 227, SoftmaxWithLoss), the LRCN LSTM language model at
 the paper's size (T 20, N 100, H 1000, vocabulary 8801: Embed, LSTM, InnerProduct,
-SoftmaxWithLoss), the main job's net (nets/lrcn_caption.prototxt, factored 2-layer, TRAIN, the
-data layers' tops fed as tensors) and the activity LRCN net (nets/lrcn_activity.prototxt's rgb
-deploy net, forward + backward of a cross-entropy on its probabilities: its train net needs the
-prepared videos). Each is run through runtime.Net and as a hand-written torch model of the
-same shapes (nn.Embedding / nn.LSTM / nn.Linear, F.conv2d ...), alternating round by round.
+SoftmaxWithLoss; also on sentences of 8 to 16 words padded to T as LRCN's caption batches
+are, about a third of the positions, against nn.LSTM on packed sequences), the main job's net
+(nets/lrcn_caption.prototxt, factored 2-layer, TRAIN, the data layers' tops fed as tensors)
+and the activity LRCN net (nets/lrcn_activity.prototxt's rgb deploy net, forward + backward of
+a cross-entropy on its probabilities: its train net needs the prepared videos). Each is run
+through runtime.Net and as a hand-written torch model of the same shapes (nn.Embedding /
+nn.LSTM / nn.Linear, F.conv2d ...), alternating round by round.
 
 Printed: median ms per step of each, the ratio ours / torch, and the achieved rate (the
-compiler's forward FLOPs x 3 for forward + backward, per second) against the best GEMM rate
-measured in the same process (torch.mm, numpy's OpenBLAS, oneDNN float32 on the LSTM's and
-the vocabulary layer's shapes): that rate is the bound a matmul-bound float32 step cannot beat.
+compiler's forward FLOPs x 3 for forward + backward, per second; none for the padded LM, whose
+work depends on its data) against the best GEMM rate measured in the same process (torch.mm,
+numpy's OpenBLAS, oneDNN float32 on the LSTM's and the vocabulary layer's shapes): that rate is
+the bound a matmul-bound float32 step cannot beat.
 oneDNN's bfloat16 rate is printed beside them, and each step is also timed with --precision
 bfloat16.
 
@@ -142,7 +145,16 @@ class TorchLM(nn.Module):
         self.predict = nn.Linear(H_LM, V_LM)
 
     def forward(self, words, cont, target):
-        h, _ = self.lstm(self.embed(words.long()))
+        x = self.embed(words.long())
+        running = cont[1:].cumprod(0).sum(0)          # steps after the first before cont 0
+        if bool((running < len(cont) - 1).any()):
+            # Padded streams: nn.LSTM over packed sequences, as torch users write it.
+            lengths = (running + 1).long()
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+            h, _ = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0],
+                                                    total_length=len(cont))
+        else:
+            h, _ = self.lstm(x)
         return F.cross_entropy(self.predict(h).flatten(0, 1), target.long().flatten(),
                                ignore_index=-1)
 
@@ -214,6 +226,17 @@ def fed_tensors(net, generator):
     return feed
 
 
+def padded_sentences(feed, generator, shortest=8):
+    """`feed` (words, cont, target: T x N) cut to sentences of shortest to 16 words, padded
+    as LRCN's caption batches are (cont 0 and target -1 after a sentence's end): about a
+    third of the LM's positions."""
+    T, N = feed["cont"].shape
+    lengths = torch.randint(shortest, 17, (N,), generator=generator)
+    step = torch.arange(T).unsqueeze(1)
+    cont = ((step >= 1) & (step <= lengths)).float()
+    return dict(feed, cont=cont, target=feed["target"].masked_fill(step > lengths, -1))
+
+
 def ours_step(net, feed, loss_of=None):
     def run():
         net.zero_grad(set_to_none=True)
@@ -246,6 +269,9 @@ def workloads(generator):
     feed["cont"][0] = 0
     found["LSTM LM train step (paper size)"] = (ours_step(net, feed), torch_step(TorchLM(), feed),
                                                 net.compiled.total_flops())
+    feed = padded_sentences(feed, generator)
+    found["LSTM LM train step, a third padded"] = (ours_step(net, feed), torch_step(TorchLM(), feed),
+                                            None)
 
     net = Net(os.path.join(ROOT, "nets/lrcn_caption.prototxt"), phase="TRAIN",
               stages=("factored", "2-layer"))
@@ -439,10 +465,12 @@ def main():
         ours, reference, torch_gemm = (statistics.median(times[(name, k)])
                                        for k in ("ours", "torch", "torch GEMM"))
         reduced = statistics.median(times[(name, "bfloat16")]) if bfloat16 else float("nan")
-        rate = 3 * flops / ours
+        # A padded batch's work depends on its data: no rate.
+        rate = f"{3 * flops / ours / 1e9:12.1f} | {3 * flops / ours / best_rate:11.2f}" \
+            if flops else f"{'-':>12} | {'-':>11}"
         print(f"| {name:<34} | {ours * 1e3:8.1f} | {reference * 1e3:8.1f} "
               f"| {ours / reference:10.2f} | {torch_gemm * 1e3:19.1f} | {reduced * 1e3:17.1f} "
-              f"| {rate / 1e9:12.1f} | {rate / best_rate:11.2f} |")
+              f"| {rate} |")
     print(f"load average after: {load()}")
     if args.threads_check:
         threads_check(args.iterations, max(1, args.reps // 3),

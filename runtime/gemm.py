@@ -34,6 +34,18 @@ CPU).
 
 `linear` is differentiable (an autograd.Function whose forward and backward use `addmm` and
 `mm`); `mm` is also the plain product for code that writes its own backward (the LSTM's scan).
+
+Zero rows of a gradient (`rows_in_use`). A loss with ignore_label gives the padded positions of
+a caption batch exactly zero gradient rows, and so does the LSTM's backward there (a padded
+step has cont 0, so nothing flows back through it): about a third to a half of the rows of
+LRCN's batches. The backward products of `linear` and the LSTM's weight gradient skip those
+rows: with finite weights and inputs they add exactly nothing to a weight gradient and give
+exactly zero input-gradient rows. Only the order in which the remaining rows are summed can
+change, so results agree with the full products to float32 rounding. (The LSTM's recurrent
+products skip the streams whose cont is 0 in the same way: runtime/layers/recurrent.py.)
+Measured, interleaved in one process: the paper-size LM step with a third of its positions
+padded 1443 -> 1170 ms, the main job's net on its own data 68.6 -> 65.1 ms. Done on the CPU
+only: finding the rows takes a host sync.
 """
 
 import os
@@ -159,6 +171,45 @@ def addmm(c, a, b):
     return _onednn(a, b).add_(c)
 
 
+MIN_SKIPPED_FRACTION = 1 / 8   # fewer zero rows save less than gathering the others costs
+
+
+def skipping_pays(rows, zero_rows, macs, device):
+    """Whether a product over `rows` rows (`macs` multiply-adds) on `device` is worth running
+    on its other rows only, `zero_rows` of them being zero."""
+    return (device.type == "cpu" and macs >= MIN_MACS and zero_rows >= rows * MIN_SKIPPED_FRACTION
+            and not torch.compiler.is_compiling())
+
+
+def rows_in_use(dy, x):
+    """The indices of the rows of the gradient dy (M, N) that are not all zero, for products
+    of dy or dy.T with x (M, K); None where skipping the zero rows does not pay.
+
+    A row whose first entry is non-zero is in use; only the others are read whole, so a
+    gradient without zero rows costs one strided read of its first column."""
+    M, N = dy.shape
+    macs = M * N * x.shape[1]
+    if not skipping_pays(M, M, macs, dy.device):
+        return None
+    candidates = (dy[:, 0] == 0).nonzero().squeeze(1)
+    if not skipping_pays(M, len(candidates), macs, dy.device):
+        return None
+    zero = candidates[(dy.index_select(0, candidates) != 0).any(1).logical_not_()]
+    if not skipping_pays(M, len(zero), macs, dy.device):
+        return None
+    in_use = torch.ones(M, dtype=torch.bool)
+    in_use[zero] = False
+    return in_use.nonzero().squeeze(1)
+
+
+def weight_gradient(dy, x):
+    """dy.T @ x, the weight gradient of y = x W^T, without dy's zero rows."""
+    rows = rows_in_use(dy, x)
+    if rows is not None:
+        dy, x = dy.index_select(0, rows), x.index_select(0, rows)
+    return mm(dy.t(), x)
+
+
 class _Linear(torch.autograd.Function):
     """y = x W^T + b (W (out, in)), or x W + b with transpose (W (in, out)); 2-D x; b is
     one row broadcast to every row of x, or a matrix of x's rows (the RNN's step)."""
@@ -176,12 +227,17 @@ class _Linear(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         dy = dy.contiguous()
         dx = dw = db = None
+        rows = rows_in_use(dy, x)
+        used_dy = dy if rows is None else dy.index_select(0, rows)
         if ctx.needs_input_grad[0]:
-            dx = mm(dy, weight.t() if ctx.transpose else weight)
+            dx = mm(used_dy, weight.t() if ctx.transpose else weight)
+            if rows is not None:
+                dx = dx.new_zeros(x.shape).index_copy_(0, rows, dx)
         if ctx.needs_input_grad[1]:
-            dw = mm(x.t(), dy) if ctx.transpose else mm(dy.t(), x)
+            used_x = x if rows is None else x.index_select(0, rows)
+            dw = mm(used_x.t(), used_dy) if ctx.transpose else mm(used_dy.t(), used_x)
         if ctx.bias_dim is not None and ctx.needs_input_grad[2]:
-            db = dy if ctx.bias_dim == 2 else dy.sum(0)     # a bias per row, or one per column
+            db = dy if ctx.bias_dim == 2 else used_dy.sum(0)  # a bias per row, or per column
         return dx, dw, db, None
 
 

@@ -6,6 +6,7 @@ import torch
 
 from runtime import gemm
 from support import compiled_layer
+from runtime.layers import recurrent
 from runtime.layers.recurrent import LSTM, RNN
 from runtime.layers.vision import InnerProduct
 
@@ -168,6 +169,94 @@ def test_transposed_left_operands_on_onednn_match_torch():
     strided = torch.randn(20, 1400, generator=g)[::2, ::2]        # neither rows nor columns
     torch.testing.assert_close(gemm.mm(strided.t(), x), torch.mm(strided.t(), x))
 
+
+
+# --- zero gradient rows (padding under ignore_label) ------------------------------------------
+
+def _gradient_with_zero_rows(zero_rows, M=16, N=7, seed=2):
+    dy = torch.randn(M, N, generator=torch.Generator().manual_seed(seed))
+    dy[list(zero_rows)] = 0
+    return dy
+
+
+def test_rows_in_use_are_the_rows_not_all_zero(monkeypatch):
+    monkeypatch.setattr(gemm, "MIN_MACS", 0)
+    dy = _gradient_with_zero_rows((1, 4, 5, 9))
+    dy[2, 0] = 0                            # a zero first entry alone does not make a row unused
+    dy[11] = 0
+    dy[11, 3] = float("nan")                # nor does a NaN among zeros: it must spread
+    expected = [r for r in range(16) if r not in (1, 4, 5, 9)]
+    assert gemm.rows_in_use(dy, torch.randn(16, 3)).tolist() == expected
+
+
+def test_rows_in_use_is_none_where_skipping_does_not_pay(monkeypatch):
+    x = torch.randn(16, 3)
+    assert gemm.rows_in_use(_gradient_with_zero_rows(range(12)), x) is None   # too small
+    monkeypatch.setattr(gemm, "MIN_MACS", 0)
+    assert gemm.rows_in_use(_gradient_with_zero_rows(()), x) is None
+    assert gemm.rows_in_use(_gradient_with_zero_rows((3,)), x) is None        # 1 of 16 < 1/8
+    assert gemm.rows_in_use(_gradient_with_zero_rows((3, 8)), x) is not None  # 2 of 16
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("bias_rows", [False, True])
+def test_linear_backward_without_zero_rows_matches_autograd(monkeypatch, transpose, bias_rows):
+    monkeypatch.setattr(gemm, "MIN_MACS", 0)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(16, 3, generator=g, dtype=torch.float64)
+    w = torch.randn(*((3, 7) if transpose else (7, 3)), generator=g, dtype=torch.float64)
+    b = torch.randn(*((16, 7) if bias_rows else (7,)), generator=g, dtype=torch.float64)
+    grad = _gradient_with_zero_rows((0, 3, 4, 10, 15)).double()
+    assert gemm.rows_in_use(grad.float(), x.float()) is not None
+    leaves = [t.float().requires_grad_() for t in (x, w, b)]
+    gemm._Linear.apply(*leaves, transpose).backward(grad.float())
+    reference = [t.clone().requires_grad_() for t in (x, w, b)]
+    (reference[0] @ (reference[1] if transpose else reference[1].t()) + reference[2]) \
+        .backward(grad)
+    for ours, exact in zip(leaves, reference):
+        torch.testing.assert_close(ours.grad.double(), exact.grad, rtol=1e-5, atol=1e-5)
+    assert not leaves[0].grad[[0, 3, 4, 10, 15]].any()
+
+
+def test_lstm_on_a_padded_batch_skips_its_zero_rows_and_agrees_with_full_products(monkeypatch):
+    # LRCN's caption batches: after its sentence each stream has cont 0 and an ignored target,
+    # so the gradient reaching the LSTM and its gate gradients there are zero rows, and the
+    # recurrent products need only the streams still running (at t = 2: streams 0 and 2).
+    monkeypatch.setattr(gemm, "MIN_MACS", 0)
+    T, N, D, H, Ds = 6, 4, 5, 6, 2
+    lengths = torch.tensor([6, 2, 4, 1])
+    step = torch.arange(T).unsqueeze(1)
+    cont = ((step >= 1) & (step < lengths)).float()
+    g = torch.Generator().manual_seed(5)
+    x, s = torch.randn(T, N, D, generator=g), torch.randn(N, Ds, generator=g)
+    upstream = torch.randn(T, N, H, generator=g) * (step < lengths).unsqueeze(2)
+    layer = compiled_layer(LSTM_LAYER, [(T, N, D), (T, N), (N, Ds)], [(T, N, H)],
+                           [(4 * H, D), (4 * H,), (4 * H, Ds), (4 * H, H)])
+    skipped = []
+    rows_in_use = gemm.rows_in_use
+
+    def spy(dy, x):
+        rows = rows_in_use(dy, x)
+        skipped.append(rows is not None and len(rows) < len(dy))
+        return rows
+
+    def gradients():
+        unit = LSTM(layer, torch.Generator().manual_seed(3))
+        inputs = [t.clone().requires_grad_() for t in (x, s)]
+        (h,) = unit(inputs[0], cont, inputs[1])
+        h.backward(upstream)
+        return h.detach(), [t.grad for t in inputs] + [p.grad for p in unit.blobs]
+
+    monkeypatch.setattr(gemm, "rows_in_use", spy)
+    h_skipping, with_skipping = gradients()
+    assert sum(skipped) >= 2            # the input projection's backward and dW_hc
+    assert recurrent._continued_rows(cont.unsqueeze(2), with_skipping[-1])[2].tolist() == [0, 2]
+    monkeypatch.setattr(gemm, "rows_in_use", lambda dy, x: None)
+    monkeypatch.setattr(recurrent, "_continued_rows", lambda ct, W_hc: [None] * len(ct))
+    h_full, full = gradients()
+    torch.testing.assert_close(h_skipping, h_full, rtol=1e-6, atol=1e-7)
+    for ours, reference in zip(with_skipping, full):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
 
 # --- precision ---------------------------------------------------------------------------------
 
