@@ -116,7 +116,7 @@ class _LSTMScan(torch.autograd.Function):
             rows = continued[t]
             if rows is None:
                 a = torch.add(gx[t], gemm.mm(h_conted[t], W_t), out=gates[t])
-            else:                                       # rows with cont 0 add W_hc 0
+            else:                               # a stream with cont 0 has no recurrent term
                 a = gates[t].copy_(gx[t])
                 if len(rows):
                     a.index_add_(0, rows, gemm.mm(h_conted[t].index_select(0, rows), W_t))
