@@ -407,7 +407,15 @@ def run_installed(argv, cwd, **kwargs):
     # One OpenMP thread, as in-process (see one_intra_op_thread).
     environment = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen([executable, *map(str, argv)], cwd=cwd, text=True, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_as_a_terminal_starts_it, **kwargs)
+
+
+def _as_a_terminal_starts_it():
+    # A shell without job control starts background commands with SIGINT ignored, and the
+    # test suite may run under one (a CI script's `&`); the tool under test gets Ctrl-C as a
+    # command in the foreground of a terminal does.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_installed_lrcn_train_user_error_exit_status(tmp_path):
