@@ -1,6 +1,9 @@
 """Parse time for the corpus of real Caffe files, against protobuf's own text parser.
 
-    python bench/bench_parse.py [--corpus ../shared/corpus] [--repeat 5]
+    python bench/bench_parse.py --corpus DIR [--repeat 5]
+
+DIR: a folder of real Caffe .prototxt files, searched recursively (a BVLC Caffe checkout's
+models/ and examples/, an LRCN or S2VT checkout).
 
 Prints per-file times for the largest files, the corpus total, and the ratio to
 google.protobuf.text_format.Parse (which builds the same message but keeps no positions or
@@ -35,8 +38,8 @@ def best_time(function, repeat):
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    default = pathlib.Path(__file__).resolve().parents[2] / "shared" / "corpus"
-    parser.add_argument("--corpus", default=str(default))
+    parser.add_argument("--corpus", required=True, metavar="DIR",
+                        help="a folder of Caffe .prototxt files (searched recursively)")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     files = sorted(pathlib.Path(args.corpus).rglob("*.prototxt"))

@@ -1,7 +1,7 @@
 """Caffe's recurrent layers: LSTM, RNN and LSTMUnit.
 
 Semantics follow BVLC Caffe's unrolled nets (recurrent_layer.cpp, lstm_layer.cpp, rnn_layer.cpp)
-and lstm_unit_layer.cpp; see shared/reference/LRCN_REFERENCE.md section 1. Everything is
+and lstm_unit_layer.cpp, as LRCN's nets use them (its fork's recurrent branch). Everything is
 time-major: x is (T, N, ...), cont is (T, N) with 0 marking the first step of a new sequence.
 
 LSTM gate pre-activations are packed [i | f | o | g] along 4H:

@@ -374,8 +374,8 @@ class Embed(CaffeLayer):
     """One-hot product: row int(x) of the (input_dim, num_output) weight, plus bias.
 
     Index -1 is LRCN's padding (input -1 where cont = 0). Caffe's Embed would read outside
-    the weight there; LRCN_REFERENCE.md requires a finite embedding for it (the loss ignores
-    the target and cont cuts the recurrence), so -1 reads a row of zeros that receives no
+    the weight there; LRCN's nets need only a finite embedding for it (the loss ignores the
+    target and cont cuts the recurrence), so -1 reads a row of zeros that receives no
     gradient; the bias, if any, is still added as for every index.
     """
 
