@@ -18,13 +18,13 @@ import os
 import statistics
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
 import torch.utils.mkldnn
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+import compiler  # noqa: E402
 from lrcn_proto import caffe_pb2  # noqa: E402
 from runtime.layers.recurrent import LSTM, to_torch_gate_order  # noqa: E402
 
@@ -44,19 +44,22 @@ def parse_args():
 
 
 def make_lstm(T, N, D, H, Ds, device):
-    """Our LSTM unit from a hand-made CompiledLayer stand-in (no net file needed)."""
-    param = caffe_pb2.LayerParameter(name="lstm", type="LSTM")
-    param.bottom.extend(["x", "cont"] + (["x_static"] if Ds else []))
+    """Our LSTM unit, compiled in a net of one Input layer and the LSTM (no net file needed)."""
+    net = caffe_pb2.NetParameter(name="bench_lstm")
+    bottoms = {"x": (T, N, D), "cont": (T, N)}
+    if Ds:
+        bottoms["x_static"] = (N, Ds)
+    inputs = net.layer.add(name="input", type="Input")
+    for name, shape in bottoms.items():
+        inputs.top.append(name)
+        inputs.input_param.shape.add(dim=shape)
+    param = net.layer.add(name="lstm", type="LSTM")
+    param.bottom.extend(bottoms)
     param.top.append("h")
-    rp = param.recurrent_param
-    rp.num_output = H
-    rp.weight_filler.type, rp.weight_filler.min, rp.weight_filler.max = "uniform", -0.08, 0.08
-    shapes = [(4 * H, D), (4 * H,)] + ([(4 * H, Ds)] if Ds else []) + [(4 * H, H)]
-    layer = SimpleNamespace(
-        name=param.name, type=param.type, param=param, phase="TRAIN",
-        bottoms=list(param.bottom), tops=list(param.top),
-        bottom_shapes=[(T, N, D), (T, N)] + ([(N, Ds)] if Ds else []),
-        top_shapes=[(T, N, H)], param_shapes=shapes)
+    filler = param.recurrent_param.weight_filler
+    param.recurrent_param.num_output = H
+    filler.type, filler.min, filler.max = "uniform", -0.08, 0.08
+    layer = compiler.compile_net(net, phase="TRAIN").layers[-1]
     return LSTM(layer, torch.Generator().manual_seed(0)).to(device)
 
 
