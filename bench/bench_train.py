@@ -270,8 +270,8 @@ def workloads(generator):
     found["LSTM LM train step (paper size)"] = (ours_step(net, feed), torch_step(TorchLM(), feed),
                                                 net.compiled.total_flops())
     feed = padded_sentences(feed, generator)
-    found["LSTM LM train step, a third padded"] = (ours_step(net, feed), torch_step(TorchLM(), feed),
-                                            None)
+    found["LSTM LM train step, a third padded"] = (ours_step(net, feed),
+                                                   torch_step(TorchLM(), feed), None)
 
     net = Net(os.path.join(ROOT, "nets/lrcn_caption.prototxt"), phase="TRAIN",
               stages=("factored", "2-layer"))
@@ -465,9 +465,11 @@ def main():
         ours, reference, torch_gemm = (statistics.median(times[(name, k)])
                                        for k in ("ours", "torch", "torch GEMM"))
         reduced = statistics.median(times[(name, "bfloat16")]) if bfloat16 else float("nan")
-        # A padded batch's work depends on its data: no rate.
-        rate = f"{3 * flops / ours / 1e9:12.1f} | {3 * flops / ours / best_rate:11.2f}" \
-            if flops else f"{'-':>12} | {'-':>11}"
+        if flops:
+            achieved = 3 * flops / ours
+            rate = f"{achieved / 1e9:12.1f} | {achieved / best_rate:11.2f}"
+        else:                   # a padded batch's work depends on its data: no rate
+            rate = f"{'-':>12} | {'-':>11}"
         print(f"| {name:<34} | {ours * 1e3:8.1f} | {reference * 1e3:8.1f} "
               f"| {ours / reference:10.2f} | {torch_gemm * 1e3:19.1f} | {reduced * 1e3:17.1f} "
               f"| {rate} |")

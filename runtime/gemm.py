@@ -202,6 +202,14 @@ def rows_in_use(dy, x):
     return in_use.nonzero().squeeze(1)
 
 
+def mm_over_rows(a, b, rows):
+    """a @ b computed for the given rows of a only (all of them for None); the result's other
+    rows are zero."""
+    if rows is None:
+        return mm(a, b)
+    return a.new_zeros(a.shape[0], b.shape[1]).index_copy_(0, rows, mm(a.index_select(0, rows), b))
+
+
 def weight_gradient(dy, x):
     """dy.T @ x, the weight gradient of y = x W^T, without dy's zero rows."""
     rows = rows_in_use(dy, x)
@@ -231,7 +239,7 @@ class _Linear(torch.autograd.Function):
         used_dy = dy if rows is None else dy.index_select(0, rows)
         if ctx.needs_input_grad[0]:
             dx = mm(used_dy, weight.t() if ctx.transpose else weight)
-            if rows is not None:
+            if rows is not None:        # as mm_over_rows, on the rows already gathered
                 dx = dx.new_zeros(x.shape).index_copy_(0, rows, dx)
         if ctx.needs_input_grad[1]:
             used_x = x if rows is None else x.index_select(0, rows)

@@ -113,13 +113,8 @@ class _LSTMScan(torch.autograd.Function):
         continued = _continued_rows(ct, W_hc)
         for t in range(T):
             torch.mul(h_prev, ct[t], out=h_conted[t])
-            rows = continued[t]
-            if rows is None:
-                a = torch.add(gx[t], gemm.mm(h_conted[t], W_t), out=gates[t])
-            else:                               # a stream with cont 0 has no recurrent term
-                a = gates[t].copy_(gx[t])
-                if len(rows):
-                    a.index_add_(0, rows, gemm.mm(h_conted[t].index_select(0, rows), W_t))
+            # A stream with cont 0 has no recurrent term.
+            a = torch.add(gx[t], gemm.mm_over_rows(h_conted[t], W_t, continued[t]), out=gates[t])
             a[:, :3 * H].sigmoid_()
             a[:, 3 * H:].tanh_()
             i, f, o, g = a.split(H, dim=1)
@@ -157,14 +152,7 @@ class _LSTMScan(torch.autograd.Function):
             d_gates[t].view(N, 4, H).mul_(torch.stack((dc, dc, dh, dc), dim=1))
             dc = dc.mul_(forget[t])
             if t > 0 or need_h0:                         # dh_{-1} is only wanted for h0
-                rows = ctx.continued[t]
-                if rows is None:
-                    dh_next = gemm.mm(d_gates[t], W_hc).mul_(ct[t])
-                else:
-                    dh_next = dh.new_zeros(N, H)
-                    if len(rows):
-                        dh_next.index_copy_(0, rows, gemm.mm(d_gates[t].index_select(0, rows),
-                                                             W_hc).mul_(ct[t, rows]))
+                dh_next = gemm.mm_over_rows(d_gates[t], W_hc, ctx.continued[t]).mul_(ct[t])
         d_W = gemm.weight_gradient(d_gates.view(T * N, H4), h_conted.view(T * N, H))
         return (d_gates, None, d_W,
                 dh_next if need_h0 else None,
