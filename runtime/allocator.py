@@ -15,7 +15,6 @@ as is every platform without glibc.
 """
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
@@ -35,6 +34,8 @@ def configure():
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    # The process's own symbols, glibc's among them: ctypes.util.find_library would start
+    # `ldconfig -p` in a subprocess at every tool's start.
+    libc = ctypes.CDLL(None)
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, KEEP_BYTES)
                 and libc.mallopt(_M_TRIM_THRESHOLD, KEEP_BYTES))

@@ -237,6 +237,13 @@ def test_no_net_is_bad_usage(main, capsys):
     assert code == 2 and "usage:" in err
 
 
+@pytest.mark.parametrize("main", [cli.test_main, cli.time_main], ids=["test", "time"])
+def test_ctrl_c_lost_in_a_destructor_during_start_up_still_stops(
+        main, scored, capsys, ctrl_c_lost_during_start_up):
+    code, out, err = run_tool(main, ["net.prototxt", "--iterations", 1], capsys)
+    assert (code, out, err.strip()) == (130, "", "interrupted")
+
+
 def installed(tool):
     executable = shutil.which(tool)
     if executable is None:

@@ -463,6 +463,16 @@ def test_stop_signal_snapshots_and_exits_cleanly(tmp_path, stop):
         assert (tmp_path / f"blobs_iter_{stopped_at}{suffix}").is_file()
 
 
+def test_ctrl_c_lost_in_a_destructor_during_start_up_still_stops(
+        tmp_path, monkeypatch, capsys, restore_signals, ctrl_c_lost_during_start_up):
+    monkeypatch.chdir(tmp_path)
+    solver = make_problem(tmp_path)
+    code, out, err = lrcn_train([solver, "--no-progress", "--log-csv", "log.csv"], capsys)
+    assert (code, out) == (130, "")
+    assert err.strip() == "interrupted"
+    assert not (tmp_path / "log.csv").exists() and not list(tmp_path.glob("*.caffemodel"))
+
+
 @pytest.mark.parametrize("delay", [0.3, 1.5])
 def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path, delay):
     make_problem(tmp_path, max_iter=10 ** 7)
