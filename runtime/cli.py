@@ -248,6 +248,7 @@ def _train_process(args, solver_file, world=None):
         _watch(solver, log)
         previous = _install_signal_handlers(solver, log)
         try:
+            _LOST_INTERRUPTS.raise_if_any()     # one lost just before the handlers came
             _run_with_progress(solver, log, show=not args.no_progress and root)
         finally:
             for signum, handler in previous.items():
