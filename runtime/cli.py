@@ -157,6 +157,7 @@ def _train(argv):
     gpus = _gpu_list(args.gpu)
     if (args.nproc or 1) > 1 or len(gpus) > 1:
         from runtime import launch
+        _LOST_INTERRUPTS.raise_if_any()         # before any worker starts
         return launch.launch(argv if argv is not None else sys.argv[1:],
                              args.nproc or len(gpus), gpus or None)
     return _train_process(args, solver_file)

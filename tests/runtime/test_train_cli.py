@@ -473,6 +473,17 @@ def test_ctrl_c_lost_in_a_destructor_during_start_up_still_stops(
     assert not (tmp_path / "log.csv").exists() and not list(tmp_path.glob("*.caffemodel"))
 
 
+def test_ctrl_c_lost_during_start_up_starts_no_worker(tmp_path, monkeypatch, capsys,
+                                                     restore_signals,
+                                                     ctrl_c_lost_during_start_up):
+    from runtime import launch
+    started = []
+    monkeypatch.setattr(launch, "launch", lambda *args, **kwargs: started.append(args) or 0)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = lrcn_train([make_problem(tmp_path), "--nproc", "2"], capsys)
+    assert (code, out, err.strip(), started) == (130, "", "interrupted", [])
+
+
 @pytest.mark.parametrize("delay", [0.3, 1.5])
 def test_ctrl_c_during_start_up_exits_130_without_a_traceback(tmp_path, delay):
     make_problem(tmp_path, max_iter=10 ** 7)
