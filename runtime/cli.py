@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 
-from runtime import precision, threads
+from runtime import interrupts, precision, threads
 
 # Only the standard library at module level: the console scripts import this module before
 # train_main can catch a Ctrl-C, and torch takes seconds to import (see _run_quietly).
@@ -157,7 +157,7 @@ def _train(argv):
     gpus = _gpu_list(args.gpu)
     if (args.nproc or 1) > 1 or len(gpus) > 1:
         from runtime import launch
-        _LOST_INTERRUPTS.raise_if_any()         # before any worker starts
+        interrupts.RECEIVED.raise_if_any()     # before any worker starts
         return launch.launch(argv if argv is not None else sys.argv[1:],
                              args.nproc or len(gpus), gpus or None)
     return _train_process(args, solver_file)
@@ -244,12 +244,12 @@ def _train_process(args, solver_file, world=None):
             load_weights() if world is None else world.root_first(load_weights)
         if args.snapshot:
             solver.restore(args.snapshot)
-        _LOST_INTERRUPTS.raise_if_any()     # before the logs open
+        interrupts.RECEIVED.raise_if_any()     # before the logs open
         log.open_outputs(append=bool(args.snapshot))
         _watch(solver, log)
         previous = _install_signal_handlers(solver, log)
         try:
-            _LOST_INTERRUPTS.raise_if_any()     # one lost just before the handlers came
+            interrupts.RECEIVED.raise_if_any()     # one lost just before the handlers came
             _run_with_progress(solver, log, show=not args.no_progress and root)
         finally:
             for signum, handler in previous.items():
@@ -331,51 +331,14 @@ def _run_with_progress(solver, log, show):
     log(f"Training took {time.perf_counter() - started:.1f} s")
 
 
-class _LostInterrupts:
-    """Ctrl-Cs that Python could not raise. One landing while a __del__ or a weakref callback
-    runs (h5py's import collects a finished `uname -p` Popen, for one) goes to
-    sys.unraisablehook, which prints a traceback and drops it, and start-up would go on into
-    training as if no Ctrl-C had come. While active, such a KeyboardInterrupt is counted
-    instead, and start-up raises it where training would begin (`raise_if_any`)."""
-
-    def __init__(self):
-        self.count = 0
-        self._replaced = None
-
-    def __enter__(self):
-        self.count = 0
-        self._replaced = sys.unraisablehook
-        sys.unraisablehook = self._hook
-        return self
-
-    def __exit__(self, *exc):
-        sys.unraisablehook = self._replaced
-
-    def _hook(self, unraisable):
-        if issubclass(unraisable.exc_type, KeyboardInterrupt):
-            self.count += 1
-        else:
-            self._replaced(unraisable)
-
-    def raise_if_any(self):
-        if self.count:
-            raise KeyboardInterrupt
-
-
-_LOST_INTERRUPTS = _LostInterrupts()
-
-
 def _run_quietly(body, argv):
-    """compiler.cli.run_tool, with a Ctrl-C while the heavy modules import (start-up) also
-    ending in exit status 130 and no traceback, and one that Python lost during start-up
-    stopping the tool where its work would begin (_LostInterrupts)."""
-    try:
-        with _LOST_INTERRUPTS:
-            from compiler.cli import run_tool
-            return run_tool(body, argv)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    """compiler.cli.run_tool under runtime.interrupts.run_quietly: a Ctrl-C while the heavy
+    modules import (start-up), or one Python lost, also ends in exit status 130 and no
+    traceback."""
+    def run():
+        from compiler.cli import run_tool
+        return run_tool(body, argv)
+    return interrupts.run_quietly(run)
 
 
 def train_main(argv=None):
@@ -422,7 +385,7 @@ def _open_net(args, parser, log):
     device = _device(args.gpu, log)
     if device is not None:
         net.to(device)
-    _LOST_INTERRUPTS.raise_if_any()
+    interrupts.RECEIVED.raise_if_any()
     return net
 
 

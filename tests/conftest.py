@@ -51,22 +51,14 @@ def restore_signals():
         signal.signal(number, handler)
 
 
-class _InterruptedWhileCollected:
-    """Stands for a Ctrl-C that lands while Python runs a __del__ (h5py's import, for one,
-    runs `uname -p` in a subprocess whose Popen is then collected): Python cannot raise there,
-    prints "Exception ignored in ..." and goes on."""
-
-    def __del__(self):
-        raise KeyboardInterrupt
-
-
 @pytest.fixture
 def ctrl_c_lost_during_start_up(monkeypatch):
     """The tools of runtime.cli get a Ctrl-C that Python loses, as they configure threads."""
     from runtime import cli
+    from support import InterruptedWhileCollected
     configure = cli.threads.configure
 
     def configure_and_collect(*args):
-        _InterruptedWhileCollected()
+        InterruptedWhileCollected()
         return configure(*args)
     monkeypatch.setattr(cli.threads, "configure", configure_and_collect)

@@ -108,3 +108,12 @@ def decisive_caption_weights(path, stages, deploy="nets/lrcn_caption_deploy.prot
                          + list(model.word_net.to_proto().layer))
     path.write_bytes(message.SerializeToString())
     return str(path)
+
+
+class InterruptedWhileCollected:
+    """Stands for a Ctrl-C that lands while Python runs a __del__ (h5py's import, for one,
+    runs `uname -p` in a subprocess whose Popen is then collected): Python cannot raise there,
+    prints "Exception ignored in ..." and goes on. Create one and drop it."""
+
+    def __del__(self):
+        raise KeyboardInterrupt

@@ -1,0 +1,164 @@
+"""runtime.interrupts and lrcn.commands: a Ctrl-C anywhere in a command-line tool, its imports
+included, ends in exit status 130 and "interrupted", never a traceback."""
+
+import configparser
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from runtime import interrupts
+from support import InterruptedWhileCollected
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+
+
+def console_scripts():
+    """(name, target) of every console script setup.cfg declares."""
+    parser = configparser.ConfigParser()
+    parser.read(os.path.join(ROOT, "setup.cfg"))
+    lines = parser["options.entry_points"]["console_scripts"].splitlines()
+    return [tuple(part.strip() for part in line.split("=")) for line in lines if line.strip()]
+
+
+def _tool_module(tmp_path, monkeypatch, source):
+    (tmp_path / "some_tool.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "some_tool", raising=False)
+    return "some_tool:main"
+
+
+def test_ctrl_c_while_the_tool_imports_is_exit_130(tmp_path, monkeypatch, capsys):
+    target = _tool_module(tmp_path, monkeypatch, "raise KeyboardInterrupt\n")
+    with pytest.raises(SystemExit) as exited:
+        interrupts.run_command(target)
+    assert exited.value.code == 130
+    assert capsys.readouterr() == ("", "interrupted\n")
+
+
+@pytest.mark.parametrize("ending, status", [("return 3", 3), ("sys.exit(2)", 2),
+                                            ("sys.exit()", None)])
+def test_the_tools_own_status_is_kept(tmp_path, monkeypatch, ending, status):
+    target = _tool_module(tmp_path, monkeypatch, f"import sys\ndef main():\n    {ending}\n")
+    with pytest.raises(SystemExit) as exited:
+        interrupts.run_command(target)
+    assert exited.value.code == status
+
+
+def test_an_interrupt_lost_in_a_destructor_is_exit_130_without_a_traceback(capsys):
+    def body():
+        InterruptedWhileCollected()
+        return 0
+    assert interrupts.run_quietly(body) == 130
+    assert capsys.readouterr() == ("", "interrupted\n")
+
+
+def test_a_lost_interrupt_is_raised_where_the_tool_checks(capsys):
+    reached = []
+
+    def body():
+        InterruptedWhileCollected()
+        interrupts.RECEIVED.raise_if_any()
+        reached.append("the long work")
+        return 0
+    assert interrupts.run_quietly(body) == 130 and reached == []
+
+
+def test_an_error_a_library_makes_of_a_ctrl_c_is_exit_130(capsys, restore_signals):
+    def body():
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:       # as numpy's import does in its C extension
+            raise ImportError("numpy C-extensions failed") from None
+    assert interrupts.run_quietly(body) == 130
+    assert capsys.readouterr() == ("", "interrupted\n")
+
+
+def test_an_error_without_a_ctrl_c_propagates(restore_signals):
+    def body():
+        raise ImportError("a real one")
+    with pytest.raises(ImportError, match="a real one"):
+        interrupts.run_quietly(body)
+
+
+def test_an_inherited_ignore_of_sigint_is_kept(restore_signals):
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    assert interrupts.run_quietly(lambda: 0 if signal.getsignal(signal.SIGINT) is
+                                  signal.SIG_IGN else 1) == 0
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_other_unraisable_errors_still_reach_the_previous_hook(monkeypatch):
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(unraisable))
+
+    class Broken:
+        def __del__(self):
+            raise ValueError("from a destructor")
+
+    def body():
+        Broken()
+        return 0
+    assert interrupts.run_quietly(body) == 0
+    assert [type(u.exc_value) for u in seen] == [ValueError]
+    assert sys.unraisablehook is not interrupts.RECEIVED._hook
+
+
+def test_nested_runs_keep_one_count_and_restore_the_hook(monkeypatch):
+    previous = sys.unraisablehook
+
+    def inner():
+        InterruptedWhileCollected()
+        return 0
+    assert interrupts.run_quietly(lambda: interrupts.run_quietly(inner) and 0) == 130
+    assert sys.unraisablehook is previous
+
+
+def test_every_console_script_runs_through_lrcn_commands():
+    import importlib
+
+    from lrcn import commands
+    for name, entry in console_scripts():
+        assert entry == f"lrcn.commands:{name.replace('-', '_')}", name
+        target = getattr(commands, name.replace("-", "_")).__doc__.split()[1]
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), target
+
+
+def test_installed_tools_stopped_by_ctrl_c_say_interrupted():
+    """Every installed tool, interrupted early (most while torch imports): 130 and
+    "interrupted"; where the tool was already done (no arguments: a usage error), its own
+    status, or death by SIGINT as Python exits; never a traceback."""
+    executables = {name: shutil.which(name) for name, _ in console_scripts()}
+    if None in executables.values():
+        pytest.skip("the console scripts are not installed (pip install -e .)")
+
+    def as_a_terminal_starts_it():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    names, interrupted = sorted(executables), 0
+    # A few at a time: Python's own start-up (its `site` import) must be over when the signal
+    # comes, and that is out of any tool's hands.
+    for batch in (names[i:i + 3] for i in range(0, len(names), 3)):
+        processes = {name: subprocess.Popen([executables[name]], stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True,
+                                            preexec_fn=as_a_terminal_starts_it)
+                     for name in batch}
+        time.sleep(0.6)
+        for process in processes.values():
+            process.send_signal(signal.SIGINT)
+        for name, process in processes.items():
+            try:
+                _, err = process.communicate(timeout=120)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+            assert "Traceback" not in err, (name, err)
+            assert process.returncode in (130, -signal.SIGINT, 0, 1, 2), (name, err)
+            if process.returncode == 130:
+                assert err.strip().endswith("interrupted"), (name, err)
+                interrupted += 1
+    assert interrupted > 0
