@@ -14,8 +14,8 @@ import time
 
 from runtime import interrupts, precision, threads
 
-# Only the standard library at module level: the console scripts import this module before
-# train_main can catch a Ctrl-C, and torch takes seconds to import (see _run_quietly).
+# Only the standard library at module level: the launcher's workers import this module
+# before train_main can catch a Ctrl-C, and torch takes seconds to import (see _run_quietly).
 
 
 class CaffeLog:
