@@ -133,6 +133,27 @@ def test_every_console_script_runs_through_lrcn_commands():
         assert callable(getattr(importlib.import_module(module), function)), target
 
 
+def wait_past_python_start_up(process, cpu_seconds=0.25, limit_s=30):
+    """Until `process` has used cpu_seconds of CPU (Python's own start-up, its `site` import,
+    takes about 0.05 s: a Ctrl-C there is out of any tool's hands) or has ended; 0.6 s where
+    /proc is absent."""
+    stat = f"/proc/{process.pid}/stat"
+    if not os.path.exists(stat):
+        time.sleep(0.6)
+        return
+    deadline = time.monotonic() + limit_s
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with open(stat) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return
+        # utime and stime: fields 14 and 15 of the line, 12 and 13 after the command's ")".
+        if (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") >= cpu_seconds:
+            return
+        time.sleep(0.01)
+
+
 def test_installed_tools_stopped_by_ctrl_c_say_interrupted():
     """Every installed tool, interrupted early (most while torch imports): 130 and
     "interrupted"; where the tool was already done (no arguments: a usage error), its own
@@ -144,14 +165,13 @@ def test_installed_tools_stopped_by_ctrl_c_say_interrupted():
     def as_a_terminal_starts_it():
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     names, interrupted = sorted(executables), 0
-    # A few at a time: Python's own start-up (its `site` import) must be over when the signal
-    # comes, and that is out of any tool's hands.
     for batch in (names[i:i + 3] for i in range(0, len(names), 3)):
         processes = {name: subprocess.Popen([executables[name]], stdout=subprocess.PIPE,
                                             stderr=subprocess.PIPE, text=True,
                                             preexec_fn=as_a_terminal_starts_it)
                      for name in batch}
-        time.sleep(0.6)
+        for process in processes.values():
+            wait_past_python_start_up(process)
         for process in processes.values():
             process.send_signal(signal.SIGINT)
         for name, process in processes.items():
