@@ -1,5 +1,7 @@
 """Helpers shared by tests."""
 
+import os
+import time
 from types import SimpleNamespace
 
 import compiler
@@ -117,3 +119,24 @@ class InterruptedWhileCollected:
 
     def __del__(self):
         raise KeyboardInterrupt
+
+
+def wait_past_python_start_up(process, cpu_seconds=0.25, limit_s=30):
+    """Until `process` has used cpu_seconds of CPU (Python's own start-up, its `site` import,
+    takes about 0.05 s: a Ctrl-C there is out of any tool's hands) or has ended; 0.6 s where
+    /proc is absent."""
+    stat = f"/proc/{process.pid}/stat"
+    if not os.path.exists(stat):
+        time.sleep(0.6)
+        return
+    deadline = time.monotonic() + limit_s
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with open(stat) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return
+        # utime and stime: fields 14 and 15 of the line, 12 and 13 after the command's ")".
+        if (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") >= cpu_seconds:
+            return
+        time.sleep(0.01)
