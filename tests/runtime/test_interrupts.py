@@ -111,7 +111,7 @@ def test_other_unraisable_errors_still_reach_the_previous_hook(monkeypatch):
     assert sys.unraisablehook is not interrupts.RECEIVED._hook
 
 
-def test_nested_runs_keep_one_count_and_restore_the_hook(monkeypatch):
+def test_nested_runs_keep_one_count_and_restore_the_hook():
     previous = sys.unraisablehook
 
     def inner():
