@@ -1,6 +1,7 @@
 """Helpers shared by tests."""
 
 import os
+import signal
 import time
 from types import SimpleNamespace
 
@@ -119,6 +120,13 @@ class InterruptedWhileCollected:
 
     def __del__(self):
         raise KeyboardInterrupt
+
+
+def as_a_terminal_starts_it():
+    """preexec_fn for a tool under test: Ctrl-C's default disposition, as a command in the
+    foreground of a terminal has it. A shell without job control starts background commands
+    with SIGINT ignored, and the suite may run under one (a CI script's `&`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_past_python_start_up(process, cpu_seconds=0.25, limit_s=30):

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from runtime import interrupts
-from support import InterruptedWhileCollected, wait_past_python_start_up
+from support import (InterruptedWhileCollected, as_a_terminal_starts_it,
+                     wait_past_python_start_up)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -139,9 +140,6 @@ def test_installed_tools_stopped_by_ctrl_c_say_interrupted():
     executables = {name: shutil.which(name) for name, _ in console_scripts()}
     if None in executables.values():
         pytest.skip("the console scripts are not installed (pip install -e .)")
-
-    def as_a_terminal_starts_it():
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
     names, interrupted = sorted(executables), 0
     for batch in (names[i:i + 3] for i in range(0, len(names), 3)):
         processes = {name: subprocess.Popen([executables[name]], stdout=subprocess.PIPE,

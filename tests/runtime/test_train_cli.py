@@ -28,7 +28,7 @@ import pytest
 from lrcn_proto import caffe_pb2
 from runtime import cli, gemm
 from runtime.weights import array_to_blob
-from support import wait_past_python_start_up
+from support import as_a_terminal_starts_it, wait_past_python_start_up
 
 CENTERS = np.array([[0.0, 3.0], [3.0, -2.0], [-3.0, -2.0]], np.float32)
 MAX_ITER = 300
@@ -409,14 +409,7 @@ def run_installed(argv, cwd, **kwargs):
     environment = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen([executable, *map(str, argv)], cwd=cwd, text=True, env=environment,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=_as_a_terminal_starts_it, **kwargs)
-
-
-def _as_a_terminal_starts_it():
-    # A shell without job control starts background commands with SIGINT ignored, and the
-    # test suite may run under one (a CI script's `&`); the tool under test gets Ctrl-C as a
-    # command in the foreground of a terminal does.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                            preexec_fn=as_a_terminal_starts_it, **kwargs)
 
 
 def test_installed_lrcn_train_user_error_exit_status(tmp_path):
