@@ -202,12 +202,17 @@ def rows_in_use(dy, x):
     return in_use.nonzero().squeeze(1)
 
 
+def _placed_in_zeros(values, rows, count):
+    """A (count, ...) tensor holding `values` at `rows` and zeros elsewhere."""
+    return values.new_zeros((count,) + tuple(values.shape[1:])).index_copy_(0, rows, values)
+
+
 def mm_over_rows(a, b, rows):
     """a @ b computed for the given rows of a only (all of them for None); the result's other
     rows are zero."""
     if rows is None:
         return mm(a, b)
-    return a.new_zeros(a.shape[0], b.shape[1]).index_copy_(0, rows, mm(a.index_select(0, rows), b))
+    return _placed_in_zeros(mm(a.index_select(0, rows), b), rows, a.shape[0])
 
 
 def weight_gradient(dy, x):
@@ -240,7 +245,7 @@ class _Linear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = mm(used_dy, weight.t() if ctx.transpose else weight)
             if rows is not None:        # as mm_over_rows, on the rows already gathered
-                dx = dx.new_zeros(x.shape).index_copy_(0, rows, dx)
+                dx = _placed_in_zeros(dx, rows, x.shape[0])
         if ctx.needs_input_grad[1]:
             used_x = x if rows is None else x.index_select(0, rows)
             dw = mm(used_x.t(), used_dy) if ctx.transpose else mm(used_dy.t(), used_x)
