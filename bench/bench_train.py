@@ -49,6 +49,7 @@ from runtime import allocator, gemm, threads  # noqa: E402
 from runtime.net import Net  # noqa: E402
 
 T_LM, N_LM, H_LM, V_LM = 20, 100, 1000, 8801
+PAPER_LM = "LSTM LM train step (paper size)"
 UNIFORM = 'weight_filler { type: "uniform" min: -0.08 max: 0.08 }'
 
 LSTM_LM = f"""name: "lstm_lm"
@@ -267,7 +268,7 @@ def workloads(generator):
             "cont": torch.ones(T_LM, N_LM),
             "target": torch.randint(0, V_LM, (T_LM, N_LM), generator=generator).float()}
     feed["cont"][0] = 0
-    found["LSTM LM train step (paper size)"] = (ours_step(net, feed), torch_step(TorchLM(), feed),
+    found[PAPER_LM] = (ours_step(net, feed), torch_step(TorchLM(), feed),
                                                 net.compiled.total_flops())
     feed = padded_sentences(feed, generator)
     found["LSTM LM train step, a third padded"] = (ours_step(net, feed),
@@ -290,6 +291,54 @@ def workloads(generator):
                                   torch_step(TorchActivity(), dict(feed, label=label)),
                                   net.compiled.total_flops())
     return found
+
+
+# --- Caffe's own products on OpenBLAS --------------------------------------------------------
+
+
+def caffe_lm_products():
+    """One train step's matrix products of the paper-size LM as BVLC Caffe's CPU code issues
+    them, through numpy's OpenBLAS (the BLAS Caffe links): a lower bound on Caffe's step on
+    this machine with this OpenBLAS, everything else Caffe does (gate math, softmax, copies,
+    Embed) coming on top.
+
+    Caffe's LSTM is an unrolled net: one InnerProduct for W_xc x over all T x N rows, and per
+    step t an InnerProduct of W_hc with cont_t h_{t-1} (N rows) whose backward accumulates
+    dW_hc (beta 1) and, from t = 1 on, gives dh_{t-1} (h_0 is an input of the unrolled net: no
+    gradient). Then the vocabulary InnerProduct over T x N rows."""
+    T, N, H, V = T_LM, N_LM, H_LM, V_LM
+    generator = numpy.random.default_rng(0)
+
+    def matrix(rows, columns):
+        return generator.standard_normal((rows, columns), dtype=numpy.float32)
+    x, h, d_gates, d_scores = matrix(T * N, H), matrix(T * N, H), matrix(T * N, 4 * H), \
+        matrix(T * N, V)
+    W_xc, W_hc, W_predict = matrix(4 * H, H), matrix(4 * H, H), matrix(V, H)
+    gates, scores, d_h = (numpy.empty((T * N, 4 * H), numpy.float32),
+                          numpy.empty((T * N, V), numpy.float32),
+                          numpy.empty((T * N, H), numpy.float32))
+    dW_xc, dW_hc, dW_predict = (numpy.empty_like(W_xc), numpy.empty_like(W_hc),
+                                numpy.empty_like(W_predict))
+    dW_hc_step = numpy.empty_like(W_hc)
+    steps = [slice(t * N, (t + 1) * N) for t in range(T)]
+
+    def run():
+        numpy.matmul(x, W_xc.T, out=gates)
+        for rows in steps:
+            numpy.matmul(h[rows], W_hc.T, out=gates[rows])
+        numpy.matmul(h, W_predict.T, out=scores)
+        numpy.matmul(d_scores.T, h, out=dW_predict)
+        numpy.matmul(d_scores, W_predict, out=d_h)
+        dW_hc.fill(0)
+        for t, rows in enumerate(steps):
+            # sgemm with beta 1 in Caffe; numpy has no beta, so a product and an add.
+            numpy.matmul(d_gates[rows].T, h[rows], out=dW_hc_step)
+            numpy.add(dW_hc, dW_hc_step, out=dW_hc)
+            if t > 0:
+                numpy.matmul(d_gates[rows], W_hc, out=d_h[rows])
+        numpy.matmul(d_gates.T, x, out=dW_xc)
+        numpy.matmul(d_gates, W_xc, out=d_h)
+    return run
 
 
 # --- GEMM rates -----------------------------------------------------------------------------
@@ -339,12 +388,20 @@ def timed(run):
     return time.perf_counter() - started
 
 
+SETTLE_SECONDS = 0.3
+
+
 def measure(steps, reps, warmup=1):
     """{key: [seconds]}: every step once per round, rounds repeated (the first `warmup`
-    rounds not kept)."""
+    rounds not kept).
+
+    Each timed run starts after a pause: OpenBLAS's threads keep spinning for a while after a
+    product ends, and whatever runs next on torch's threads then shares the cores with them
+    (measured: oneDNN products 20-40% slower right after an OpenBLAS one)."""
     times = {key: [] for key in steps}
     for rep in range(warmup + reps):
         for key, run in steps.items():
+            time.sleep(SETTLE_SECONDS)
             seconds = timed(run)
             if rep >= warmup:
                 times[key].append(seconds)
@@ -450,6 +507,8 @@ def main():
         steps[(name, "torch GEMM")] = with_torch_gemm(ours)
         if bfloat16:
             steps[(name, "bfloat16")] = in_bfloat16(ours)
+    if PAPER_LM in chosen:
+        steps[(PAPER_LM, "Caffe's products")] = caffe_lm_products()
     times = measure(steps, args.reps)
     print(f"\nwhole train steps, median of {args.reps} after a warm-up, alternating; "
           f"rate = 3 x forward FLOPs / time, against the best GEMM rate "
@@ -473,6 +532,12 @@ def main():
         print(f"| {name:<34} | {ours * 1e3:8.1f} | {reference * 1e3:8.1f} "
               f"| {ours / reference:10.2f} | {torch_gemm * 1e3:19.1f} | {reduced * 1e3:17.1f} "
               f"| {rate} |")
+    if PAPER_LM in chosen:
+        ours, products = (statistics.median(times[(PAPER_LM, k)])
+                          for k in ("ours", "Caffe's products"))
+        print(f"{PAPER_LM}: Caffe's own products on OpenBLAS (caffe_lm_products, a lower "
+              f"bound on Caffe's step here) {products * 1e3:.1f} ms; ours / that "
+              f"{ours / products:.2f} (an upper bound on ours / Caffe)")
     print(f"load average after: {load()}")
     if args.threads_check:
         threads_check(args.iterations, max(1, args.reps // 3),

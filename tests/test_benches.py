@@ -79,3 +79,4 @@ def test_bench_train_steps_run_once():
         assert flops is None or flops > 0, name
         ours()
         reference()
+    bench_train.caffe_lm_products()()
