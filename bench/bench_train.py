@@ -16,7 +16,9 @@ work depends on its data) against the best GEMM rate measured in the same proces
 numpy's OpenBLAS, oneDNN float32 on the LSTM's and the vocabulary layer's shapes): that rate is
 the bound a matmul-bound float32 step cannot beat.
 oneDNN's bfloat16 rate is printed beside them, and each step is also timed with --precision
-bfloat16.
+bfloat16. For the paper-size LM, Caffe's own products of the step run through numpy's OpenBLAS
+in the same rounds (caffe_lm_products): a lower bound on Caffe's step on this machine, so that
+ours / Caffe is bounded in the same run rather than against a figure measured on another day.
 
 `--threads-check` also times the main job (`lrcn-train solvers/caption_solver.prototxt`,
 --iterations, whole process) with --threads 1, --threads 2 and the default (adaptive), on the
@@ -391,18 +393,20 @@ def timed(run):
 SETTLE_SECONDS = 0.3
 
 
-def measure(steps, reps, warmup=1):
+def measure(steps, reps, warmup=1, on_openblas=()):
     """{key: [seconds]}: every step once per round, rounds repeated (the first `warmup`
     rounds not kept).
 
-    Each timed run starts after a pause: OpenBLAS's threads keep spinning for a while after a
-    product ends, and whatever runs next on torch's threads then shares the cores with them
-    (measured: oneDNN products 20-40% slower right after an OpenBLAS one)."""
+    The steps named in `on_openblas` are followed by a pause: OpenBLAS's threads keep spinning
+    for a while after a product ends, and whatever runs next on torch's threads would share
+    the cores with them (measured: oneDNN products 20-40% slower right after an OpenBLAS
+    one)."""
     times = {key: [] for key in steps}
     for rep in range(warmup + reps):
         for key, run in steps.items():
-            time.sleep(SETTLE_SECONDS)
             seconds = timed(run)
+            if key in on_openblas:
+                time.sleep(SETTLE_SECONDS)
             if rep >= warmup:
                 times[key].append(seconds)
     return times
@@ -488,7 +492,7 @@ def main():
 
     rates = {}
     for M, K, N in GEMM_SHAPES:
-        samples = measure(gemm_variants(M, K, N), args.reps)
+        samples = measure(gemm_variants(M, K, N), args.reps, on_openblas={"OpenBLAS"})
         rates[(M, K, N)] = {name: 2 * M * K * N / statistics.median(s)
                             for name, s in samples.items()}
         print(f"GEMM {M}x{K} @ {K}x{N}: " + ", ".join(
@@ -509,7 +513,7 @@ def main():
             steps[(name, "bfloat16")] = in_bfloat16(ours)
     if PAPER_LM in chosen:
         steps[(PAPER_LM, "Caffe's products")] = caffe_lm_products()
-    times = measure(steps, args.reps)
+    times = measure(steps, args.reps, on_openblas={(PAPER_LM, "Caffe's products")})
     print(f"\nwhole train steps, median of {args.reps} after a warm-up, alternating; "
           f"rate = 3 x forward FLOPs / time, against the best GEMM rate "
           f"{best_rate / 1e9:.0f} GFLOP/s")
