@@ -212,6 +212,8 @@ def mm_over_rows(a, b, rows):
     rows are zero."""
     if rows is None:
         return mm(a, b)
+    if len(rows) == 0:          # an LSTM's first step with cont 0: no product to run
+        return a.new_zeros(a.shape[0], b.shape[1])
     return _placed_in_zeros(mm(a.index_select(0, rows), b), rows, a.shape[0])
 
 
