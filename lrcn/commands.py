@@ -11,6 +11,7 @@ def _command(target):
     def command(argv=None):
         run_command(target, argv)
     command.__doc__ = f"Run {target} as a console script (argv: instead of sys.argv[1:])."
+    command.target = target
     return command
 
 

@@ -128,7 +128,7 @@ def test_every_console_script_runs_through_lrcn_commands():
     from lrcn import commands
     for name, entry in console_scripts():
         assert entry == f"lrcn.commands:{name.replace('-', '_')}", name
-        target = getattr(commands, name.replace("-", "_")).__doc__.split()[1]
+        target = getattr(commands, name.replace("-", "_")).target
         module, function = target.split(":")
         assert callable(getattr(importlib.import_module(module), function)), target
 
