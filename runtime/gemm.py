@@ -1,26 +1,30 @@
-"""The heavy layers' float32 matrix products, through oneDNN's matmul on the CPU.
+"""The heavy layers' float32 matrix products, on the CPU's fastest library for them.
 
-torch's CPU products (torch.mm / torch.addmm) go through MKL, which on some CPUs (AMD with
-AVX-512, this project's machine) runs LRCN's shapes well below what the CPU can do. oneDNN,
-which torch ships for its own convolutions, reaches 1.1 to 1.6 times MKL's rate on every
-shape of the LSTM and the vocabulary layer (bench/bench_train.py measures both), on one
-thread and on several, and it runs on torch's own OpenMP threads (numpy's OpenBLAS, tried
-before, was as fast but fought torch's threads for the cores). The rule, applied per product:
+torch's CPU products (torch.mm / torch.addmm) go through MKL on x86. MKL is Intel's library and
+picks its kernels by CPU vendor: on Intel CPUs it is the fastest float32 GEMM torch has, while
+on others (AMD with AVX-512, where this project started) it runs LRCN's shapes well below what
+the CPU can do. oneDNN, which torch ships for its own convolutions, reaches 1.1 to 1.6 times
+MKL's rate there on every shape of the LSTM and the vocabulary layer, on one thread and on
+several, and it runs on torch's own OpenMP threads (numpy's OpenBLAS, tried before, was as fast
+but fought torch's threads for the cores). On an Intel Xeon with AMX (2 cores) MKL is the faster
+one on the same shapes: 1.05 to 1.2 times oneDNN's rate forward, 1.1 to 2 times on the weight
+gradients, and the main job's step 9-14% shorter (bench/bench_train.py measures both). The
+rule, applied per product:
 
-    oneDNN when the product is on the CPU, float32, outside autocast and torch.compile, has
-    at least MIN_MACS multiply-adds, and either a left operand stored by rows or one that
-    sums over at most MAX_COPIED_COLUMNS columns (which is copied to rows first), and torch
-    was built with oneDNN; torch otherwise (torch.mm / torch.addmm: MKL on CPU, cuBLAS on
-    CUDA).
+    oneDNN when the CPU is not an Intel one (or torch has no MKL), and the product is on the
+    CPU, float32, outside autocast and torch.compile, has at least MIN_MACS multiply-adds, and
+    either a left operand stored by rows or one that sums over at most MAX_COPIED_COLUMNS
+    columns (which is copied to rows first), and torch was built with oneDNN; torch
+    otherwise (torch.mm / torch.addmm: MKL on CPU, cuBLAS on CUDA).
 
 Small products stay on torch: oneDNN's ~30 us call overhead costs more than it saves there.
 A transposed left operand is a weight gradient's dy.T @ x: summing over a small batch (the
 fully connected layers of a CNN) it is a small copy, and oneDNN then runs 1.2 to 1.6 times
 MKL's rate; summing over thousands of rows (an LSTM's T x N) the copy costs what oneDNN saves,
 and MKL reads the operand as it is.
-The rule is fixed rather than timed per run so that a run repeats bit for bit. LRCN_GEMM=torch
-(or onednn) in the environment overrides it for every product (onednn still only where it
-applies).
+The rule is fixed rather than timed per run so that a run repeats bit for bit (`CPU_LIBRARY` is
+this machine's choice). LRCN_GEMM=torch (or onednn) in the environment overrides it for every
+product (onednn still only where it applies).
 
 Precision (`set_precision`, the tools' --precision): "float32" (the default: Caffe's) or
 "bfloat16": every product here and every convolution (`in_product_precision`) then takes its
@@ -49,6 +53,7 @@ only: finding the rows takes a host sync.
 """
 
 import os
+import platform
 
 import torch
 
@@ -74,6 +79,32 @@ def _onednn_linear():
 
 
 ONEDNN_LINEAR = _onednn_linear()
+
+
+def cpu_vendor():
+    """The CPU's vendor as x86 CPUs name themselves ("GenuineIntel", "AuthenticAMD", ...), or
+    "" where the system does not say."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    # Windows names the vendor at the end of its processor string.
+    return next((vendor for vendor in ("GenuineIntel", "AuthenticAMD")
+                 if vendor in platform.processor()), "")
+
+
+def cpu_library(vendor, has_mkl, has_onednn):
+    """'torch' or 'onednn': the library the rule gives a CPU's large float32 products."""
+    if not has_onednn or (vendor == "GenuineIntel" and has_mkl):
+        return "torch"
+    return "onednn"
+
+
+CPU_LIBRARY = cpu_library(cpu_vendor(), torch.backends.mkl.is_available(),
+                          ONEDNN_LINEAR is not None)
 
 
 _bfloat16 = False       # set_precision("bfloat16")
@@ -129,7 +160,8 @@ def backend(a, b):
     if (a.device.type != "cpu" or a.dtype != torch.float32 or b.dtype != torch.float32
             or torch.is_autocast_enabled("cpu")):
         return "torch"
-    if FORCED != "onednn" and (a.shape[0] * a.shape[1] * b.shape[1] < MIN_MACS
+    if FORCED != "onednn" and (CPU_LIBRARY == "torch"
+                               or a.shape[0] * a.shape[1] * b.shape[1] < MIN_MACS
                                or (a.stride(1) != 1 and a.shape[1] > MAX_COPIED_COLUMNS)):
         return "torch"
     return "onednn"
@@ -259,6 +291,10 @@ class _Linear(torch.autograd.Function):
 def linear(x, weight, bias=None, transpose=False):
     """x W^T + b for 2-D x and W (out, in); x W + b with transpose=True (W (in, out))."""
     w = weight if transpose else weight.t()
-    if backend(x, w) == "torch" and not _rounds_to_bfloat16(x, w):
+    rows = x.shape[0]
+    # torch's own autograd where neither the library, the precision nor zero gradient rows
+    # could make a difference: it costs less per call than _Linear.
+    if (backend(x, w) == "torch" and not _rounds_to_bfloat16(x, w)
+            and not skipping_pays(rows, rows, rows * x.shape[1] * w.shape[1], x.device)):
         return x @ w if bias is None else torch.addmm(bias, x, w)
     return _Linear.apply(x, weight, bias, transpose)

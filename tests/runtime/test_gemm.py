@@ -22,13 +22,54 @@ def forced(monkeypatch):
     return force
 
 
+@pytest.fixture
+def onednn_cpu(monkeypatch):
+    """The rule as it runs on a CPU whose large products go to oneDNN (an AMD one), whatever
+    CPU runs the test."""
+    monkeypatch.setattr(gemm, "CPU_LIBRARY", "onednn")
+
+
 def big(*shape):
     return torch.empty(shape)     # only shapes matter to the rule
 
 
+def test_the_cpu_library_follows_the_vendor():
+    # MKL picks its kernels by vendor: fastest on Intel's CPUs, well below oneDNN on AMD's.
+    assert gemm.cpu_library("GenuineIntel", has_mkl=True, has_onednn=True) == "torch"
+    assert gemm.cpu_library("AuthenticAMD", has_mkl=True, has_onednn=True) == "onednn"
+    assert gemm.cpu_library("", has_mkl=True, has_onednn=True) == "onednn"
+    assert gemm.cpu_library("GenuineIntel", has_mkl=False, has_onednn=True) == "onednn"
+    assert gemm.cpu_library("AuthenticAMD", has_mkl=True, has_onednn=False) == "torch"
+    assert gemm.CPU_LIBRARY == gemm.cpu_library(gemm.cpu_vendor(),
+                                                torch.backends.mkl.is_available(),
+                                                gemm.ONEDNN_LINEAR is not None)
+
+
+def test_the_cpu_vendor_is_read_from_the_system():
+    vendor = gemm.cpu_vendor()
+    assert isinstance(vendor, str)
+    try:
+        with open("/proc/cpuinfo") as info:
+            named = [line for line in info if line.startswith("vendor_id")]
+    except OSError:
+        pytest.skip("no /proc/cpuinfo here")
+    if named:
+        assert vendor == named[0].split(":")[1].strip()
+
+
+@needs_onednn
+def test_rule_keeps_every_product_on_torch_where_mkl_is_the_faster(monkeypatch):
+    monkeypatch.setattr(gemm, "CPU_LIBRARY", "torch")          # an Intel CPU
+    assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "torch"
+    assert gemm.backend(big(50, 256), big(256, 1024)) == "torch"
+    assert gemm.backend(big(10, 4096).t(), big(10, 9216)) == "torch"
+    monkeypatch.setattr(gemm, "FORCED", "onednn")               # LRCN_GEMM=onednn still forces
+    assert gemm.backend(big(50, 256), big(256, 1024)) == "onednn"
+
+
 @needs_onednn
 @pytest.mark.parametrize("threads", [1, 2])
-def test_rule_large_float32_cpu_products_use_onednn_on_any_thread_count(threads):
+def test_rule_large_float32_cpu_products_use_onednn_on_any_thread_count(threads, onednn_cpu):
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -43,7 +84,7 @@ def test_rule_small_products_stay_on_torch():
     assert gemm.backend(big(10, 100), big(100, 40)) == "torch"
 
 
-def test_rule_other_dtypes_and_autocast_stay_on_torch():
+def test_rule_other_dtypes_and_autocast_stay_on_torch(onednn_cpu):
     assert gemm.backend(big(2000, 1000).double(), big(1000, 4000).double()) == "torch"
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert gemm.backend(big(2000, 1000), big(1000, 4000)) == "torch"
@@ -145,7 +186,7 @@ def test_layers_agree_between_libraries(kind, monkeypatch):
 
 
 @needs_onednn
-def test_rule_keeps_transposed_left_operands_summing_over_many_rows_on_torch():
+def test_rule_keeps_transposed_left_operands_summing_over_many_rows_on_torch(onednn_cpu):
     # An LSTM's weight gradient d.T @ x over T x N rows: the copy would cost what oneDNN saves.
     assert gemm.backend(big(2000, 4000).t(), big(2000, 1000)) == "torch"
     columns = gemm.MAX_COPIED_COLUMNS
@@ -153,7 +194,7 @@ def test_rule_keeps_transposed_left_operands_summing_over_many_rows_on_torch():
 
 
 @needs_onednn
-def test_rule_takes_transposed_left_operands_summing_over_a_batch_to_onednn():
+def test_rule_takes_transposed_left_operands_summing_over_a_batch_to_onednn(onednn_cpu):
     # A fully connected layer's weight gradient over a batch of 10 (CaffeNet's fc6).
     assert gemm.backend(big(10, 4096).t(), big(10, 9216)) == "onednn"
     columns = gemm.MAX_COPIED_COLUMNS
@@ -161,7 +202,7 @@ def test_rule_takes_transposed_left_operands_summing_over_a_batch_to_onednn():
 
 
 @needs_onednn
-def test_transposed_left_operands_on_onednn_match_torch():
+def test_transposed_left_operands_on_onednn_match_torch(onednn_cpu):
     g = torch.Generator().manual_seed(0)
     dy, x = torch.randn(10, 700, generator=g), torch.randn(10, 900, generator=g)
     assert gemm.backend(dy.t(), x) == "onednn"
