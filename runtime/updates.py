@@ -3,7 +3,8 @@
 Each rule is written as Caffe computes it, in Caffe's order, on one parameter's accumulated
 gradient `diff` (already clipped, normalized by iter_size and regularized). It returns the
 update that is then subtracted from the weights (Caffe's Blob::Update: data -= diff) and
-mutates the rule's history tensors in place. Histories are listed in Caffe's .solverstate order.
+mutates the rule's history tensors in place; the update may be a history tensor itself, so a
+caller reads it and never changes it. Histories are listed in Caffe's .solverstate order.
 """
 
 import math
@@ -72,7 +73,9 @@ class SGD(UpdateRule):
     def update(self, diff, history, local_rate, iteration):
         (h,) = history
         h.mul_(self.solver.momentum).add_(diff, alpha=local_rate)
-        return h.clone()
+        # The history is the update (Caffe copies it into diff); the caller only reads it, so
+        # no copy (0.4 ms of the main job's ~50 ms step).
+        return h
 
 
 class Nesterov(UpdateRule):
