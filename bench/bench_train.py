@@ -361,10 +361,16 @@ def gemm_variants(M, K, N):
     return found
 
 
-def with_torch_gemm(run):
-    """`run` with every product on torch (LRCN_GEMM=torch): the kernels before runtime.gemm."""
+def other_library():
+    """The library runtime.gemm's rule does not give this CPU's large products."""
+    return "onednn" if gemm.CPU_LIBRARY == "torch" else "torch"
+
+
+def with_other_gemm(run):
+    """`run` with every product on the other library (LRCN_GEMM=onednn or torch): what the
+    rule's choice for this CPU gains."""
     def forced():
-        gemm.FORCED = "torch"
+        gemm.FORCED = other_library()
         try:
             run()
         finally:
@@ -507,7 +513,7 @@ def main():
     steps = {}
     for name, (ours, reference, _) in chosen.items():
         steps[(name, "ours")], steps[(name, "torch")] = ours, reference
-        steps[(name, "torch GEMM")] = with_torch_gemm(ours)
+        steps[(name, "other GEMM")] = with_other_gemm(ours)
         if bfloat16:
             steps[(name, "bfloat16")] = in_bfloat16(ours)
     if PAPER_LM in chosen:
@@ -516,16 +522,19 @@ def main():
     print(f"\nwhole train steps, median of {args.reps} after a warm-up, alternating; "
           f"rate = 3 x forward FLOPs / time, against the best GEMM rate "
           f"{best_rate / 1e9:.0f} GFLOP/s")
-    print("(ours, torch GEMM: the same run with LRCN_GEMM=torch, every product on torch.mm; "
-          "ours, bfloat16: with --precision bfloat16)")
+    other = other_library()
+    print(f"(this CPU's products go to {gemm.CPU_LIBRARY} (runtime.gemm.CPU_LIBRARY); ours, "
+          f"{other}: the same step with LRCN_GEMM={other}; ours, bfloat16: with "
+          f"--precision bfloat16)")
+    other_heading = f"ours, {other} ms"
     print(f"| {'workload':<34} | {'ours ms':>8} | {'torch ms':>8} | {'ours/torch':>10} "
-          f"| {'ours, torch GEMM ms':>19} | {'ours, bfloat16 ms':>17} | {'ours GFLOP/s':>12} "
+          f"| {other_heading:>19} | {'ours, bfloat16 ms':>17} | {'ours GFLOP/s':>12} "
           f"| {'x best GEMM':>11} |")
     print(f"|{'-' * 36}|{'-' * 9}:|{'-' * 9}:|{'-' * 11}:|{'-' * 20}:|{'-' * 18}:|{'-' * 13}:"
           f"|{'-' * 12}:|")
     for name, (_, _, flops) in chosen.items():
-        ours, reference, torch_gemm = (statistics.median(times[(name, k)])
-                                       for k in ("ours", "torch", "torch GEMM"))
+        ours, reference, other_gemm = (statistics.median(times[(name, k)])
+                                       for k in ("ours", "torch", "other GEMM"))
         reduced = statistics.median(times[(name, "bfloat16")]) if bfloat16 else float("nan")
         if flops:
             achieved = 3 * flops / ours
@@ -533,7 +542,7 @@ def main():
         else:                   # a padded batch's work depends on its data: no rate
             rate = f"{'-':>12} | {'-':>11}"
         print(f"| {name:<34} | {ours * 1e3:8.1f} | {reference * 1e3:8.1f} "
-              f"| {ours / reference:10.2f} | {torch_gemm * 1e3:19.1f} | {reduced * 1e3:17.1f} "
+              f"| {ours / reference:10.2f} | {other_gemm * 1e3:19.1f} | {reduced * 1e3:17.1f} "
               f"| {rate} |")
     if PAPER_LM in chosen:
         ours, products = (statistics.median(times[(PAPER_LM, k)])
