@@ -20,6 +20,12 @@ bfloat16. For the paper-size LM, Caffe's own products of the step run through nu
 in the same rounds (caffe_lm_products): a lower bound on Caffe's step on this machine, so that
 ours / Caffe is bounded in the same run rather than against a figure measured on another day.
 
+`--caffe PATH` also times real BVLC Caffe (PATH: a `caffe` binary you built, CPU) on the same
+nets with `caffe time` (CaffeNet, the paper-size LM, the main job's net with its data layers
+replaced by one Input layer of the same tops), rounds alternating with our steps, and prints
+ours / Caffe. Caffe's BLAS runs on as many threads as torch here (OPENBLAS_NUM_THREADS,
+OMP_NUM_THREADS, MKL_NUM_THREADS).
+
 `--threads-check` also times the main job (`lrcn-train solvers/caption_solver.prototxt`,
 --iterations, whole process) with --threads 1, --threads 2 and the default (adaptive), on the
 idle machine and with one busy process (a spinning Python process this script starts and
@@ -27,13 +33,16 @@ stops).
 
     python bench/bench_train.py [--reps 5] [--only lstm_lm] [--threads N]
     python bench/bench_train.py --threads-check [--iterations 300] [--fixed-counts 1,2]
+    python bench/bench_train.py --caffe /path/to/caffe [--reps 3]
 """
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy
@@ -52,6 +61,7 @@ from runtime.net import Net  # noqa: E402
 
 T_LM, N_LM, H_LM, V_LM = 20, 100, 1000, 8801
 PAPER_LM = "LSTM LM train step (paper size)"
+MAIN_JOB_NET = "main job net (caption)"
 UNIFORM = 'weight_filler { type: "uniform" min: -0.08 max: 0.08 }'
 
 LSTM_LM = f"""name: "lstm_lm"
@@ -279,8 +289,8 @@ def workloads(generator):
     net = Net(os.path.join(ROOT, "nets/lrcn_caption.prototxt"), phase="TRAIN",
               stages=("factored", "2-layer"))
     feed = fed_tensors(net, generator)
-    found["main job net (caption)"] = (ours_step(net, feed), torch_step(TorchCaption(), feed),
-                                       net.compiled.total_flops())
+    found[MAIN_JOB_NET] = (ours_step(net, feed), torch_step(TorchCaption(), feed),
+                           net.compiled.total_flops())
 
     net = Net(os.path.join(ROOT, "nets/lrcn_activity.prototxt"), phase="TEST",
               stages=("rgb", "deploy"))
@@ -340,6 +350,83 @@ def caffe_lm_products():
         numpy.matmul(d_gates.T, x, out=dW_xc)
         numpy.matmul(d_gates, W_xc, out=d_h)
     return run
+
+
+# --- real Caffe --------------------------------------------------------------------------------
+
+
+def caption_net_for_caffe_time(net):
+    """nets/lrcn_caption.prototxt as `caffe time` can run it: the data layers of the compiled
+    TRAIN net `net` replaced by one Input layer with the same tops and shapes (Caffe's own
+    ImageData needs OpenCV, HDF5Data files; `caffe time` times layers, not data)."""
+    message = caffe_pb2.NetParameter()
+    with open(os.path.join(ROOT, "nets/lrcn_caption.prototxt")) as file:
+        text_format.Parse(file.read(), message)
+    data_types = {layer.type for layer in net.compiled.layers if not layer.bottoms}
+    kept = [layer for layer in message.layer if layer.type not in data_types]
+    del message.layer[:]
+    inputs = message.layer.add(name="input", type="Input")
+    for layer in net.compiled.layers:
+        if not layer.bottoms:
+            for name, shape in zip(layer.top_names, layer.top_shapes):
+                inputs.top.append(name)
+                inputs.input_param.shape.add().dim.extend(shape)
+    message.layer.extend(kept)
+    return text_format.MessageToString(message)
+
+
+def caffe_nets():
+    """{workload name: (prototxt text, extra `caffe time` arguments)} for the workloads that
+    real Caffe can run as they are."""
+    main = Net(os.path.join(ROOT, "nets/lrcn_caption.prototxt"), phase="TRAIN",
+               stages=("factored", "2-layer"))
+    return {"CaffeNet train step": (caffenet_text(), []),
+            PAPER_LM: (LSTM_LM, []),
+            MAIN_JOB_NET: (caption_net_for_caffe_time(main),
+                           ["-phase", "TRAIN", "-stage", "factored,2-layer"])}
+
+
+def caffe_time_ms(output):
+    """Caffe's mean forward + backward milliseconds from `caffe time`'s log (its "Average
+    Forward-Backward" line is rounded to whole milliseconds; the two passes are not)."""
+    passes = [re.search(rf"Average {name} pass: ([0-9.eE+-]+) ms", output)
+              for name in ("Forward", "Backward")]
+    if not all(passes):
+        raise ValueError("no 'Average Forward/Backward pass' lines in caffe time's output:\n"
+                         + output[-2000:])
+    return sum(float(found.group(1)) for found in passes)
+
+
+def caffe_comparison(caffe, found, reps, iterations=10):
+    """Real Caffe's `caffe time` and our step on those of the workloads `found` that Caffe can
+    run, alternating round by round: {name: (Caffe's ms per step, ours)} (medians over rounds
+    of each round's mean)."""
+    environment = dict(os.environ, **{name: str(torch.get_num_threads()) for name in
+                                      ("OPENBLAS_NUM_THREADS",) + threads.ENVIRONMENT_VARIABLES})
+    times = {}
+    with tempfile.TemporaryDirectory() as folder:
+        models = {}
+        for name, (text, extra) in caffe_nets().items():
+            if name not in found:
+                continue
+            models[name] = (os.path.join(folder, f"net{len(models)}.prototxt"), extra)
+            with open(models[name][0], "w") as file:
+                file.write(text)
+        for _ in range(reps):
+            for name, (model, extra) in models.items():
+                result = subprocess.run([caffe, "time", "-model", model, "-iterations",
+                                         str(iterations)] + extra, env=environment,
+                                        capture_output=True, text=True)
+                caffe_ms = caffe_time_ms(result.stdout + result.stderr)
+                time.sleep(SETTLE_SECONDS)    # Caffe's OpenBLAS threads, as in measure()
+                ours = found[name][0]
+                ours()
+                ours_ms = 1e3 * statistics.mean(timed(ours) for _ in range(iterations))
+                times.setdefault(name, []).append((caffe_ms, ours_ms))
+                print(f"  real Caffe {name}: {caffe_ms:.1f} ms, ours {ours_ms:.1f} ms",
+                      flush=True)
+    return {name: tuple(statistics.median(sample[k] for sample in samples) for k in (0, 1))
+            for name, samples in times.items()}
 
 
 # --- GEMM rates -----------------------------------------------------------------------------
@@ -481,6 +568,8 @@ def main():
                         help="torch + BLAS threads (default: torch's, all cores)")
     parser.add_argument("--only", action="append", help="workloads whose name contains this")
     parser.add_argument("--threads-check", action="store_true")
+    parser.add_argument("--caffe", metavar="PATH",
+                        help="a real Caffe binary (CPU build) to time on the same nets")
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--fixed-counts", default="1,2",
                         help="the --threads values the threads check compares with the default")
@@ -550,6 +639,13 @@ def main():
         print(f"{PAPER_LM}: Caffe's own products on OpenBLAS (caffe_lm_products, a lower "
               f"bound on Caffe's step here) {products * 1e3:.1f} ms; ours / that "
               f"{ours / products:.2f} (an upper bound on ours / Caffe)")
+    if args.caffe:
+        print(f"\nreal Caffe ({args.caffe}, `caffe time`, {torch.get_num_threads()} BLAS "
+              f"threads) and ours, alternating, median of {args.reps} rounds")
+        compared = caffe_comparison(args.caffe, chosen, args.reps)
+        print("| workload | real Caffe ms | ours ms | ours / Caffe |\n|---|---:|---:|---:|")
+        for name, (caffe_ms, ours_ms) in compared.items():
+            print(f"| {name} | {caffe_ms:.1f} | {ours_ms:.1f} | {ours_ms / caffe_ms:.2f} |")
     print(f"load average after: {load()}")
     if args.threads_check:
         threads_check(args.iterations, max(1, args.reps // 3),

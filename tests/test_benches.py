@@ -9,7 +9,12 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
+from google.protobuf import text_format
+
+from lrcn_proto import caffe_pb2
+from runtime.net import Net
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -69,10 +74,7 @@ def test_fuzz_script_runs_a_few_mutants():
 def test_bench_train_steps_run_once():
     """bench_train.py has no small sizes (its nets are the issue's timing nets): its workloads
     are built and each side's step runs once, in process."""
-    spec = importlib.util.spec_from_file_location(
-        "bench_train", os.path.join(ROOT, "bench", "bench_train.py"))
-    bench_train = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_train)
+    bench_train = _bench_train()
     found = bench_train.workloads(torch.Generator().manual_seed(0))
     assert len(found) == 5
     for name, (ours, reference, flops) in found.items():
@@ -80,3 +82,60 @@ def test_bench_train_steps_run_once():
         ours()
         reference()
     bench_train.caffe_lm_products()()
+
+
+def _bench_train():
+    spec = importlib.util.spec_from_file_location(
+        "bench_train", os.path.join(ROOT, "bench", "bench_train.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_train_gives_real_caffe_the_same_nets_with_an_input_layer_for_data():
+    bench_train = _bench_train()
+    nets = bench_train.caffe_nets()
+    assert set(nets) == {"CaffeNet train step", bench_train.PAPER_LM, bench_train.MAIN_JOB_NET}
+    text, extra = nets[bench_train.MAIN_JOB_NET]
+    assert extra == ["-phase", "TRAIN", "-stage", "factored,2-layer"]
+    ours = Net(os.path.join(ROOT, "nets", "lrcn_caption.prototxt"), phase="TRAIN",
+               stages=("factored", "2-layer"))
+    message = caffe_pb2.NetParameter()
+    text_format.Parse(text, message)
+    assert [layer.type for layer in message.layer].count("Input") == 1
+    assert not {"ImageData", "HDF5Data"} & {layer.type for layer in message.layer}
+    as_caffe = Net(message, phase="TRAIN", stages=("factored", "2-layer"))
+    # The same layers after the data, fed tops of the same names and shapes.
+    assert as_caffe.layer_names[1:] == [name for name, layer in
+                                        zip(ours.layer_names, ours.compiled.layers)
+                                        if layer.bottoms]
+    fed = {name: shape for layer in ours.compiled.layers if not layer.bottoms
+           for name, shape in zip(layer.top_names, layer.top_shapes)}
+    (inputs,) = [layer for layer in as_caffe.compiled.layers if not layer.bottoms]
+    assert dict(zip(inputs.top_names, inputs.top_shapes)) == fed
+
+
+def test_bench_train_reads_caffe_times_log_and_alternates_with_our_steps(tmp_path):
+    bench_train = _bench_train()
+    log = ("I1203 caffe.cpp:408] Average Forward pass: 44.7223 ms.\n"
+           "I1203 caffe.cpp:410] Average Backward pass: 56.1353 ms.\n"
+           "I1203 caffe.cpp:412] Average Forward-Backward: 101 ms.\n")
+    assert bench_train.caffe_time_ms(log) == pytest.approx(100.8576)
+    with pytest.raises(ValueError, match="Average Forward/Backward pass"):
+        bench_train.caffe_time_ms("F1203 Check failed: ...")
+    # A stand-in for the caffe binary: prints the log lines `caffe time` would, to stderr.
+    fake = tmp_path / "caffe"
+    fake.write_text("#!/bin/sh\necho \"$@\" >> \"$0.calls\"\n"
+                    "echo 'Average Forward pass: 2.5 ms.' >&2\n"
+                    "echo 'Average Backward pass: 1.5 ms.' >&2\n")
+    fake.chmod(0o755)
+    steps = []
+    found = {bench_train.PAPER_LM: (lambda: steps.append(1), None, None)}
+    compared = bench_train.caffe_comparison(str(fake), found, reps=2, iterations=3)
+    assert list(compared) == [bench_train.PAPER_LM]
+    caffe_ms, ours_ms = compared[bench_train.PAPER_LM]
+    assert caffe_ms == pytest.approx(4.0) and ours_ms >= 0
+    assert len(steps) == 2 * (1 + 3)          # a warm-up and 3 timed steps per round
+    calls = (tmp_path / "caffe.calls").read_text().splitlines()
+    assert len(calls) == 2 and all(call.startswith("time -model ") and
+                                   call.endswith("-iterations 3") for call in calls)
