@@ -574,6 +574,8 @@ def main():
     parser.add_argument("--fixed-counts", default="1,2",
                         help="the --threads values the threads check compares with the default")
     args = parser.parse_args()
+    if args.caffe and not (os.path.isfile(args.caffe) and os.access(args.caffe, os.X_OK)):
+        parser.error(f"--caffe {args.caffe}: not an executable file")
     if args.threads:
         threads.set_threads(args.threads)
     # As every tool that runs a net does (threads.configure): both sides of each ratio gain.
