@@ -12,6 +12,11 @@ cases escape a tool's own `except KeyboardInterrupt`:
   `uname -p` Popen);
 - a library that turns the KeyboardInterrupt into another error (numpy's import reports one
   that lands in its C extension as an ImportError).
+A Ctrl-C that lands while a module imports is held until the import is over, then raised: C
+extensions such as torch run Python code from C++ while they import, and a KeyboardInterrupt
+raised there aborts the process instead of unwinding it. Once a console script's tool has
+finished, a Ctrl-C is ignored while the interpreter shuts down (`run_command`): torch's exit
+callbacks call Python from C++ too.
 While `RECEIVED` is active every Ctrl-C is counted: `RECEIVED.raise_if_any()` raises a lost
 one where a tool's long work would begin (lrcn-train: before training), and a tool that ends
 anyway, or ends in an error, after a Ctrl-C exits 130.
@@ -20,6 +25,7 @@ Standard library only: the console scripts import this before anything heavy.
 """
 
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -38,6 +44,7 @@ class Interrupts:
         self.count = 0
         self._depth = 0
         self._replaced_hook = self._replaced_handler = None
+        self._held = None           # the timer that delivers a held Ctrl-C again
 
     def __enter__(self):
         if self._depth == 0:
@@ -55,11 +62,24 @@ class Interrupts:
         self._depth -= 1
         if self._depth == 0:
             sys.unraisablehook = self._replaced_hook
+            if self._held is not None:      # counted already: raise_if_any reports it
+                self._held.cancel()
+                self._held = None
             if self._replaced_handler is not None:
                 signal.signal(signal.SIGINT, self._replaced_handler)
 
     def _on_sigint(self, signum, frame):
-        self.count += 1
+        if self._held is None:
+            self.count += 1
+        self._held = None
+        if _importing(frame):
+            # Held, not raised: importing a C extension runs Python code from C++ (torch's
+            # own start-up does), and a KeyboardInterrupt raised there aborts the process
+            # ("terminate called after throwing an instance of 'python_error'").
+            self._held = threading.Timer(HOLD_SECONDS, os.kill, (os.getpid(), signal.SIGINT))
+            self._held.daemon = True
+            self._held.start()
+            return
         raise KeyboardInterrupt
 
     def _hook(self, unraisable):
@@ -74,6 +94,17 @@ class Interrupts:
 
 
 RECEIVED = Interrupts()
+
+HOLD_SECONDS = 0.05     # how often a held Ctrl-C looks again whether the imports are over
+
+
+def _importing(frame):
+    """Whether the frame is inside an import (Python's import machinery is on its stack)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def run_quietly(body, *args):
@@ -106,4 +137,16 @@ def run_command(target, argv=None):
             return tool() if argv is None else tool(argv)
         except SystemExit as exit:          # the tools' mains end in sys.exit(status)
             return exit.code
-    sys.exit(run_quietly(body))
+    status = run_quietly(body)
+    _ignore_ctrl_c_while_exiting()
+    sys.exit(status)
+
+
+def _ignore_ctrl_c_while_exiting():
+    """The tool is done: a Ctrl-C now would land in the interpreter's shutdown, in exit
+    callbacks such as torch's library finalizers, where Python prints a traceback for it, and
+    where one raised inside torch's C++ aborts the process. There is nothing left to stop.
+    An inherited "ignore" or a handler of the embedding program's is left as it is."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

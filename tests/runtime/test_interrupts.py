@@ -29,7 +29,16 @@ def _tool_module(tmp_path, monkeypatch, source):
     (tmp_path / "some_tool.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "some_tool", raising=False)
+    # run_command ends a process: it ignores Ctrl-C for the shutdown. Not this one's.
+    previous = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(interrupts, "_ignore_ctrl_c_while_exiting",
+                        lambda: seen_ignoring.append(signal.getsignal(signal.SIGINT)))
+    seen_ignoring.clear()
+    assert signal.getsignal(signal.SIGINT) is previous
     return "some_tool:main"
+
+
+seen_ignoring = []      # SIGINT's handler when run_command turned to ignoring it
 
 
 def test_ctrl_c_while_the_tool_imports_is_exit_130(tmp_path, monkeypatch, capsys):
@@ -47,6 +56,7 @@ def test_the_tools_own_status_is_kept(tmp_path, monkeypatch, ending, status):
     with pytest.raises(SystemExit) as exited:
         interrupts.run_command(target)
     assert exited.value.code == status
+    assert len(seen_ignoring) == 1          # after the tool, before the exit
 
 
 def test_an_interrupt_lost_in_a_destructor_is_exit_130_without_a_traceback(capsys):
@@ -162,3 +172,55 @@ def test_installed_tools_stopped_by_ctrl_c_say_interrupted():
                 assert err.strip().endswith("interrupted"), (name, err)
                 interrupted += 1
     assert interrupted > 0
+
+
+def test_ctrl_c_while_the_interpreter_shuts_down_after_the_tool_is_ignored(tmp_path):
+    """A Ctrl-C that lands after the tool has finished would run in the interpreter's shutdown
+    (torch's library finalizers among the exit callbacks): Python then prints a traceback, and
+    a KeyboardInterrupt raised inside one of torch's C++ destructors aborts the process
+    ("terminate called after throwing an instance of 'python_error'"). The tool's own status
+    stands, with nothing printed."""
+    (tmp_path / "finished_tool.py").write_text(
+        "import atexit, os, signal, time\n"
+        "def shutting_down():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.2)\n"            # Python code for the handler to run in
+        "    print('shutdown finished')\n"
+        "def main():\n"
+        "    atexit.register(shutting_down)\n"
+        "    return 3\n")
+    script = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+              "from runtime.interrupts import run_command\n"
+              "run_command('finished_tool:main')\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path), ROOT],
+                            capture_output=True, text=True, timeout=60,
+                            preexec_fn=as_a_terminal_starts_it)
+    assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, \
+        result.stderr
+    assert result.stdout == "shutdown finished\n"
+    assert result.returncode == 3
+
+
+def test_ctrl_c_while_a_module_imports_is_held_until_the_import_is_over(tmp_path):
+    """C extensions run Python code from C++ while they import (torch's does), and a
+    KeyboardInterrupt raised there aborts the process ("terminate called after throwing an
+    instance of 'python_error'", seen in lrcn-caption and lrcn-video-recognise). A Ctrl-C
+    during an import is held until the import is over, then ends the tool: 130."""
+    (tmp_path / "slow_import_tool.py").write_text(
+        "import os, signal, sys, time\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "started = time.monotonic()\n"
+        "while time.monotonic() - started < 0.5:\n"   # Python code for the handler to run in
+        "    pass\n"
+        "sys.stdout.write('import finished\\n')\n"
+        "def main():\n"
+        "    time.sleep(5)\n"
+        "    return 0\n")
+    script = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+              "from runtime.interrupts import run_command\n"
+              "run_command('slow_import_tool:main')\n")
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path), ROOT],
+                            capture_output=True, text=True, timeout=60,
+                            preexec_fn=as_a_terminal_starts_it)
+    assert result.stdout == "import finished\n"
+    assert (result.returncode, result.stderr) == (130, "interrupted\n"), result.stderr
