@@ -174,6 +174,17 @@ def test_installed_tools_stopped_by_ctrl_c_say_interrupted():
     assert interrupted > 0
 
 
+def _run_as_a_console_script(folder, module):
+    """Run `module`:main (a file in `folder`) in a new process as lrcn.commands runs a tool,
+    with Ctrl-C's default disposition."""
+    script = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+              "from runtime.interrupts import run_command\n"
+              f"run_command('{module}:main')\n")
+    return subprocess.run([sys.executable, "-c", script, str(folder), ROOT],
+                          capture_output=True, text=True, timeout=60,
+                          preexec_fn=as_a_terminal_starts_it)
+
+
 def test_ctrl_c_while_the_interpreter_shuts_down_after_the_tool_is_ignored(tmp_path):
     """A Ctrl-C that lands after the tool has finished would run in the interpreter's shutdown
     (torch's library finalizers among the exit callbacks): Python then prints a traceback, and
@@ -189,12 +200,7 @@ def test_ctrl_c_while_the_interpreter_shuts_down_after_the_tool_is_ignored(tmp_p
         "def main():\n"
         "    atexit.register(shutting_down)\n"
         "    return 3\n")
-    script = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
-              "from runtime.interrupts import run_command\n"
-              "run_command('finished_tool:main')\n")
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path), ROOT],
-                            capture_output=True, text=True, timeout=60,
-                            preexec_fn=as_a_terminal_starts_it)
+    result = _run_as_a_console_script(tmp_path, "finished_tool")
     assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr, \
         result.stderr
     assert result.stdout == "shutdown finished\n"
@@ -216,11 +222,6 @@ def test_ctrl_c_while_a_module_imports_is_held_until_the_import_is_over(tmp_path
         "def main():\n"
         "    time.sleep(5)\n"
         "    return 0\n")
-    script = ("import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
-              "from runtime.interrupts import run_command\n"
-              "run_command('slow_import_tool:main')\n")
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path), ROOT],
-                            capture_output=True, text=True, timeout=60,
-                            preexec_fn=as_a_terminal_starts_it)
+    result = _run_as_a_console_script(tmp_path, "slow_import_tool")
     assert result.stdout == "import finished\n"
     assert (result.returncode, result.stderr) == (130, "interrupted\n"), result.stderr
