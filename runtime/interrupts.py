@@ -71,7 +71,9 @@ class Interrupts:
     def _on_sigint(self, signum, frame):
         if self._held is None:
             self.count += 1
-        self._held = None
+        else:       # the held Ctrl-C again, or another one while it is held: one interrupt
+            self._held.cancel()
+            self._held = None
         if _importing(frame):
             # Held, not raised: importing a C extension runs Python code from C++ (torch's
             # own start-up does), and a KeyboardInterrupt raised there aborts the process

@@ -225,3 +225,19 @@ def test_ctrl_c_while_a_module_imports_is_held_until_the_import_is_over(tmp_path
     result = _run_as_a_console_script(tmp_path, "slow_import_tool")
     assert result.stdout == "import finished\n"
     assert (result.returncode, result.stderr) == (130, "interrupted\n"), result.stderr
+
+
+def test_a_ctrl_c_while_one_is_held_keeps_one_pending_delivery(monkeypatch):
+    """A second Ctrl-C (or the held one delivered again) while the imports still run replaces
+    the pending delivery instead of adding one; leaving cancels it."""
+    monkeypatch.setattr(interrupts, "_importing", lambda frame: True)
+    monkeypatch.setattr(interrupts, "HOLD_SECONDS", 60)
+    received = interrupts.Interrupts()
+    with received:
+        received._on_sigint(signal.SIGINT, None)
+        first = received._held
+        received._on_sigint(signal.SIGINT, None)
+        second = received._held
+        assert first.finished.is_set() and not second.finished.is_set()
+        assert received.count == 1
+    assert second.finished.is_set() and received._held is None
