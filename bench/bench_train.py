@@ -220,22 +220,26 @@ class TorchActivity(nn.Module):
 # --- our side ------------------------------------------------------------------------------
 
 
+def data_tops(net):
+    """(name, shape) of every blob the net's data and Input layers (those without bottoms)
+    produce."""
+    return [(name, shape) for layer in net.compiled.layers if not layer.bottoms
+            for name, shape in zip(layer.top_names, layer.top_shapes)]
+
+
 def fed_tensors(net, generator):
     """A tensor for every blob a data or Input layer produces (labels and words random
     indices within range, cont 1 with 0 at t = 0, images random)."""
     feed = {}
-    for layer in net.compiled.layers:
-        if layer.bottoms:
-            continue
-        for name, shape in zip(layer.top_names, layer.top_shapes):
-            if "cont" in name or "marker" in name:
-                value = torch.ones(shape)
-                value[0] = 0
-            elif name in ("data",):
-                value = torch.randn(shape, generator=generator)
-            else:
-                value = torch.randint(0, 8, shape, generator=generator).float()
-            feed[name] = value
+    for name, shape in data_tops(net):
+        if "cont" in name or "marker" in name:
+            value = torch.ones(shape)
+            value[0] = 0
+        elif name in ("data",):
+            value = torch.randn(shape, generator=generator)
+        else:
+            value = torch.randint(0, 8, shape, generator=generator).float()
+        feed[name] = value
     return feed
 
 
@@ -366,11 +370,9 @@ def caption_net_for_caffe_time(net):
     kept = [layer for layer in message.layer if layer.type not in data_types]
     del message.layer[:]
     inputs = message.layer.add(name="input", type="Input")
-    for layer in net.compiled.layers:
-        if not layer.bottoms:
-            for name, shape in zip(layer.top_names, layer.top_shapes):
-                inputs.top.append(name)
-                inputs.input_param.shape.add().dim.extend(shape)
+    for name, shape in data_tops(net):
+        inputs.top.append(name)
+        inputs.input_param.shape.add().dim.extend(shape)
     message.layer.extend(kept)
     return text_format.MessageToString(message)
 
@@ -644,7 +646,10 @@ def main():
     if args.caffe:
         print(f"\nreal Caffe ({args.caffe}, `caffe time`, {torch.get_num_threads()} BLAS "
               f"threads) and ours, alternating, median of {args.reps} rounds")
-        compared = caffe_comparison(args.caffe, chosen, args.reps)
+        try:
+            compared = caffe_comparison(args.caffe, chosen, args.reps)
+        except ValueError as error:         # Caffe failed: its log says why
+            sys.exit(f"bench_train.py: --caffe {args.caffe}: {error}")
         print("| workload | real Caffe ms | ours ms | ours / Caffe |\n|---|---:|---:|---:|")
         for name, (caffe_ms, ours_ms) in compared.items():
             print(f"| {name} | {caffe_ms:.1f} | {ours_ms:.1f} | {ours_ms / caffe_ms:.2f} |")
