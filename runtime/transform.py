@@ -248,7 +248,8 @@ def load_mean_file(path, naming_file=None, location=None):
     return mean.reshape(mean.shape[-3:]).astype(np.float32)
 
 
-def _chw_shape(data, layout):
+def chw_shape(data, layout):
+    """(C, H, W) of an HWC or CHW array."""
     return tuple(data.shape) if layout == "CHW" else (data.shape[2],) + tuple(data.shape[:2])
 
 
@@ -278,9 +279,13 @@ class DataTransformer:
     def __call__(self, data, rng=None, layout="HWC", where=(None, None)):
         """Transform one image (HWC, as decoded) or one Datum array (CHW) -> CHW float32,
         drawing its mirror coin and crop offsets from `rng`."""
-        channels, height, width = _chw_shape(data, layout)
+        return self.apply(data, self.choose(data, rng, layout, where), layout)
+
+    def choose(self, data, rng=None, layout="HWC", where=(None, None)):
+        """Check one input against the parameters and draw its choice (see `draw`)."""
+        channels, height, width = chw_shape(data, layout)
         self._check(channels, height, width, where)
-        return self._apply(data, self.draw(rng, height, width), layout, channels)
+        return self.draw(rng, height, width)
 
     def draw(self, rng, height, width):
         """(mirror, row offset, column offset) for an input of height x width, drawn in
@@ -300,35 +305,41 @@ class DataTransformer:
 
     def apply(self, data, choice, layout="HWC", where=(None, None)):
         """Transform with a drawn (mirror, row offset, column offset) choice."""
-        channels, height, width = _chw_shape(data, layout)
+        channels, height, width = chw_shape(data, layout)
         self._check(channels, height, width, where)
-        return self._apply(data, choice, layout, channels)
+        return self.apply_batch([data], [choice], layout)[0]
 
-    def _apply(self, data, choice, layout, channels):
-        do_mirror, h_off, w_off = choice
-        height, width = (data.shape[1:] if layout == "CHW" else data.shape[:2])
-        rows, cols = slice(0, height), slice(0, width)
-        if self.crop:
-            rows, cols = slice(h_off, h_off + self.crop), slice(w_off, w_off + self.crop)
-        if layout == "CHW":
-            patch = np.array(data[:, rows, cols], dtype=np.float32)
-        else:
-            patch = np.array(data[rows, cols].transpose(2, 0, 1), dtype=np.float32)
-        if self.flow and do_mirror and channels > 2:
+    def apply_batch(self, inputs, choices, layout="HWC"):
+        """Checked inputs with one output shape and their drawn choices -> (N, C, h, w)
+        float32, each item what `apply` gives it. The per-pixel arithmetic runs once over the
+        whole batch: for a batch of small images, per-image numpy calls cost more than the
+        pixels, and they run on a prefetch thread that takes a core from training."""
+        batch = np.stack([self._window(data, choice, layout)
+                          for data, choice in zip(inputs, choices)], dtype=np.float32)
+        mirrored = [item for item, (do_mirror, _, _) in enumerate(choices) if do_mirror]
+        if self.flow and mirrored and batch.shape[1] > 2:
             # The fork's rule: channel 2 (the x flow, red in BGR order) stored as 16*x + 128
             # becomes 255 - value when mirrored, before the mean is subtracted. The fork wrote it
             # only in its Datum path; its cv::Mat path (ImageData) mirrored flow images without
             # it. Here it applies to every input, as the field means.
-            patch[2] = 255 - patch[2]
+            batch[mirrored, 2] = 255 - batch[mirrored, 2]
         if self.mean is not None:
-            patch -= self.mean[:, rows, cols]
+            # Each pixel loses the mean at its own position: the mean is cut and mirrored with it.
+            batch -= np.stack([self._window(self.mean, choice, "CHW") for choice in choices])
         elif self.mean_values.size:
-            patch -= self.mean_values.reshape(-1, 1, 1)
+            batch -= self.mean_values.reshape(1, -1, 1, 1)
         if self.scale != 1:
-            patch *= self.scale
-        if do_mirror:
-            patch = patch[:, :, ::-1]
-        return np.ascontiguousarray(patch)
+            batch *= self.scale
+        return batch
+
+    def _window(self, data, choice, layout):
+        """The (C, h, w) view of `data` that a choice keeps: its crop, mirrored if drawn."""
+        do_mirror, h_off, w_off = choice
+        if layout != "CHW":
+            data = data.transpose(2, 0, 1)
+        if self.crop:
+            data = data[:, h_off:h_off + self.crop, w_off:w_off + self.crop]
+        return data[:, :, ::-1] if do_mirror else data
 
     def _check(self, channels, height, width, where):
         if self.crop and (height < self.crop or width < self.crop):

@@ -29,8 +29,8 @@ from runtime import python_layer  # noqa: F401  (registers the "Python" unit)
 from runtime.fillers import fill_
 from runtime.layers.base import CaffeLayer, LayerError
 from runtime.layers.registry import register
-from runtime.transform import (DataTransformer, DecodedImages, decode_image, load_mean_file,
-                               read_image, resize_bilinear)
+from runtime.transform import (DataTransformer, DecodedImages, chw_shape, decode_image,
+                               load_mean_file, read_image, resize_bilinear)
 
 log = logging.getLogger("lrcn.data")
 
@@ -125,10 +125,16 @@ class DataLayer(CaffeLayer):
         file, line, col = self._where()
         return data_sources.resolve_source(path, file, what, (file, line, col))
 
-    def _check_batch_shape(self, first, array, what, where):
-        if array.shape != first:
-            raise CompileError(f"{what} gives a {' x '.join(map(str, array.shape))} blob but the "
-                               f"batch's first record gave {' x '.join(map(str, first))}", *where,
+    def _check_batch_shape(self, first, array, layout, what, where):
+        """Whether `array` transforms to the shape the batch's `first` input does."""
+        if array.shape == first.shape:
+            return
+        shape, first_shape = (self.transformer.output_shape(*chw_shape(data, layout))
+                              for data in (array, first))
+        if shape != first_shape:
+            raise CompileError(f"{what} gives a {' x '.join(map(str, shape))} blob but the "
+                               f"batch's first record gave {' x '.join(map(str, first_shape))}",
+                               *where,
                                hint="every record of a batch needs one size: set new_height / "
                                     "new_width (or crop_size)")
 
@@ -403,16 +409,17 @@ class ImageData(DataLayer):
     def load_batch(self, index):
         rng = prefetch.batch_rng(self.seed, _BATCH, index)
         size = self.settings.batch_size
-        images, labels = [], np.empty(size, np.float32)
+        images, choices, labels = [], [], np.empty(size, np.float32)
         for item in range(size):
             entry, image = self._read(index * size + item)
             where = (self.list_file, entry.line)
-            data = self.transformer(image, rng, "HWC", where)
+            choices.append(self.transformer.choose(image, rng, "HWC", where))
             if images:
-                self._check_batch_shape(images[0].shape, data, f"image {entry.name}", where)
-            images.append(data)
+                self._check_batch_shape(images[0], image, "HWC", f"image {entry.name}", where)
+            images.append(image)
             labels[item] = entry.label
-        return (np.stack(images), labels)[:len(self.layer.tops)]
+        return (self.transformer.apply_batch(images, choices, "HWC"),
+                labels)[:len(self.layer.tops)]
 
 
 # --- Data (LMDB / LevelDB) -----------------------------------------------------------------
@@ -495,15 +502,18 @@ class Data(DataLayer):
     def load_batch(self, index):
         rng = prefetch.batch_rng(self.seed, _BATCH, index)
         where = (self.database.path, None)
-        arrays, labels = [], np.empty(self.batch_size, np.float32)
+        arrays, choices, labels = [], [], np.empty(self.batch_size, np.float32)
         for item in range(self.batch_size):
             datum, array, layout = self._read(index * self.batch_size + item)
-            data = self.transformer(array, rng, layout, where)
+            choices.append(self.transformer.choose(array, rng, layout, where))
+            # Raw and encoded records may share a database: one layout for the batch.
+            array = array if layout == "CHW" else array.transpose(2, 0, 1)
             if arrays:
-                self._check_batch_shape(arrays[0].shape, data, "a record", where)
-            arrays.append(data)
+                self._check_batch_shape(arrays[0], array, "CHW", "a record", where)
+            arrays.append(array)
             labels[item] = datum.label
-        return (np.stack(arrays), labels)[:len(self.layer.tops)]
+        return (self.transformer.apply_batch(arrays, choices, "CHW"),
+                labels)[:len(self.layer.tops)]
 
 
 # --- DummyData -----------------------------------------------------------------------------

@@ -261,6 +261,10 @@ def test_image_data_errors_name_the_list_line(tmp_path):
     with pytest.raises(CompileError) as caught:
         build(image_layer(mixed, 2, root))()
     assert str(caught.value).startswith(f"{mixed}:2: image odd.png gives a 3 x 5 x 5 blob")
+    # Images of several sizes share a batch when the crop gives them one size.
+    cropped = build(image_layer(mixed, 2, root, "crop_size: 4 mirror: true"))()[0]
+    assert tuple(cropped.shape) == (2, 3, 4, 4) and cropped[1].max() == 0
+    assert cropped[0, :, 0, 0].tolist() == [200, 100, 0]
 
 
 def test_image_data_missing_trailing_slash_is_hinted(tmp_path):

@@ -237,6 +237,31 @@ def test_a_drawn_choice_applies_to_several_frames():
     assert DataTransformer(transform_param(crop_size=4), "TEST").draw(None, 6, 8) == (False, 1, 2)
 
 
+@pytest.mark.parametrize("layout", ["HWC", "CHW"])
+def test_a_batch_is_transformed_as_each_of_its_inputs_alone(tmp_path, layout):
+    # Data layers transform a batch in one pass (apply_batch); every value must be the one
+    # Caffe's formula gives each input on its own: crop and mirror drawn per input, the mean
+    # file cut (and mirrored) with each, the flow rule, the scale.
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (3, 6, 8), dtype=np.uint8) for _ in range(7)]
+    mean = rng.random((3, 6, 8)).astype(np.float32) * 50
+    param = transform_param(mean_file=write_mean(tmp_path / "mean.binaryproto", mean),
+                            crop_size=4, mirror=True, flow=True, scale=0.25)
+    transformer = DataTransformer(param, "TRAIN")
+    inputs = [image if layout == "CHW" else image.transpose(1, 2, 0) for image in images]
+    draws = np.random.default_rng(11)
+    choices = [transformer.choose(data, draws, layout) for data in inputs]
+    batch = transformer.apply_batch(inputs, choices, layout)
+    assert batch.shape == (7, 3, 4, 4) and batch.dtype == np.float32
+    assert {mirrored for mirrored, _, _ in choices} == {True, False}
+    for image, (mirrored, h_off, w_off), out in zip(images, choices, batch):
+        window = image[:, h_off:h_off + 4, w_off:w_off + 4].astype(np.float32)
+        if mirrored:
+            window[2] = 255 - window[2]
+        expected = (window - mean[:, h_off:h_off + 4, w_off:w_off + 4]) * np.float32(0.25)
+        assert np.array_equal(out, expected[:, :, ::-1] if mirrored else expected)
+
+
 def test_hwc_input_gives_chw_output():
     hwc = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
     out = DataTransformer(transform_param(), "TEST")(hwc)
