@@ -8,8 +8,8 @@ MKL's rate there on every shape of the LSTM and the vocabulary layer, on one thr
 several, and it runs on torch's own OpenMP threads (numpy's OpenBLAS, tried before, was as fast
 but fought torch's threads for the cores). On an Intel Xeon with AMX (2 cores) MKL is the faster
 one on the same shapes: 1.05 to 1.2 times oneDNN's rate forward, 1.1 to 2 times on the weight
-gradients; the paper-size LM's step 1.25 times and the main job's net 1.15 times as fast as
-on oneDNN (bench/bench_train.py measures both). The rule, applied per product:
+gradients; the paper-size LM's step 1.25 times and the main job's net 1.08-1.15 times as fast
+as on oneDNN (bench/bench_train.py measures both). The rule, applied per product:
 
     oneDNN when the CPU is not an Intel one (or torch has no MKL), and the product is on the
     CPU, float32, outside autocast and torch.compile, has at least MIN_MACS multiply-adds, and
