@@ -126,7 +126,7 @@ class DataLayer(CaffeLayer):
         return data_sources.resolve_source(path, file, what, (file, line, col))
 
     def _check_batch_shape(self, first, array, layout, what, where):
-        """Whether `array` transforms to the shape the batch's `first` input does."""
+        """Raise unless `array` transforms to the shape the batch's `first` input does."""
         if array.shape == first.shape:
             return
         shape, first_shape = (self.transformer.output_shape(*chw_shape(data, layout))
