@@ -402,7 +402,7 @@ def caffe_time_ms(output):
 def caffe_comparison(caffe, found, reps, iterations=10):
     """Real Caffe's `caffe time` and our step on those of the workloads `found` that Caffe can
     run, alternating round by round: {name: (Caffe's ms per step, ours)} (medians over rounds
-    of each round's mean)."""
+    of each round's mean). ValueError where Caffe cannot be run or gives no times."""
     environment = dict(os.environ, **{name: str(torch.get_num_threads()) for name in
                                       ("OPENBLAS_NUM_THREADS",) + threads.ENVIRONMENT_VARIABLES})
     times = {}
@@ -416,9 +416,12 @@ def caffe_comparison(caffe, found, reps, iterations=10):
                 file.write(text)
         for _ in range(reps):
             for name, (model, extra) in models.items():
-                result = subprocess.run([caffe, "time", "-model", model, "-iterations",
-                                         str(iterations)] + extra, env=environment,
-                                        capture_output=True, text=True)
+                try:
+                    result = subprocess.run([caffe, "time", "-model", model, "-iterations",
+                                             str(iterations)] + extra, env=environment,
+                                            capture_output=True, text=True)
+                except OSError as error:        # executable, but not a program
+                    raise ValueError(f"cannot run it: {error.strerror}") from None
                 caffe_ms = caffe_time_ms(result.stdout + result.stderr)
                 time.sleep(SETTLE_SECONDS)    # Caffe's OpenBLAS threads, as in measure()
                 ours = found[name][0]

@@ -139,3 +139,9 @@ def test_bench_train_reads_caffe_times_log_and_alternates_with_our_steps(tmp_pat
     calls = (tmp_path / "caffe.calls").read_text().splitlines()
     assert len(calls) == 2 and all(call.startswith("time -model ") and
                                    call.endswith("-iterations 3") for call in calls)
+    # An executable file that is no program is one error (main() reports it and exits 1).
+    not_a_program = tmp_path / "not_caffe"
+    not_a_program.write_text("not a program\n")
+    not_a_program.chmod(0o755)
+    with pytest.raises(ValueError, match="cannot run"):
+        bench_train.caffe_comparison(str(not_a_program), found, reps=1, iterations=1)
